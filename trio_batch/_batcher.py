@@ -1,0 +1,593 @@
+"""``open_batcher`` and ``Batcher``: where callers park and where batches run.
+
+Design, in the order things happen:
+
+* :func:`open_batcher` opens one nursery and yields a :class:`Batcher`. Every task
+  the batcher runs (one per started batch, plus one timer task for
+  :class:`~trio_batch.Duration`) lives in that nursery; leaving the block is the
+  nursery's exit, so there is no worker to detach and no shutdown channel.
+* :meth:`Batcher.submit` puts the item in its key's queue (``_key_state``), asks
+  the policy which batches may start (spawning one task per started batch), and
+  parks the calling task with :func:`trio.lowlevel.wait_task_rescheduled`. There is
+  no per-item Event or channel: the batch task reschedules each caller with its
+  own outcome, and the caller's ``abort_fn`` withdraws the item if its batch has
+  not begun processing. Because ``abort_fn`` runs synchronously inside Trio's
+  cancellation delivery, withdrawal is atomic with respect to processing: an
+  item is either removed before ``process`` sees the inputs, or it is processed
+  and its output discarded. Never both, never neither.
+* A batch task acquires the resource (if any), takes the batch out of the queue
+  (from then on no item can join or leave it), calls ``process``, and in
+  ``finally`` frees its slot, delivers outcomes, starts whatever the policy now
+  allows, and forgets the key if it is idle. Each of those steps has exactly
+  one owner, here, so no counter can drift between tasks.
+
+Rejected alternatives: a single worker task per batcher or per key (a
+bottleneck, and a place for cancellations to jam, as Ray Serve found); memory
+channels to carry items (a closed channel silently drops what it buffers, and
+the order in which woken tasks run is not FIFO, so order and ownership must come
+from our own queue anyway).
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import itertools
+import math
+import reprlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Generic, TypeVar, final, overload
+
+import outcome
+import trio
+
+from ._errors import (
+    BatcherClosed,
+    BatchError,
+    BatchFailed,
+    ProcessorContractError,
+    Rejected,
+    ResourceAcquisitionFailed,
+)
+from ._key_state import STARTING, WAITING, Batch, KeyState
+from ._policies import POLICY_TYPES, Duration, Immediate, Limits, Policy, check_compatible
+from ._statistics import BatcherStatistics
+
+__all__ = ["Batcher", "open_batcher"]
+
+K = TypeVar("K")
+I = TypeVar("I")  # noqa: E741 - conventional name for the input type
+O = TypeVar("O")  # noqa: E741 - conventional name for the output type
+R = TypeVar("R")
+
+_Task = trio.lowlevel.Task
+_key_repr = reprlib.Repr()
+_key_repr.maxstring = 40
+_key_repr.maxother = 40
+
+
+class _ContractViolation(Exception):
+    """Raised inside the batch task when ``process`` broke its contract."""
+
+
+@final
+class _Failure:
+    """A failed batch: each caller gets its own exception built from this."""
+
+    __slots__ = ("cause", "error_type", "message")
+
+    def __init__(
+        self, error_type: type[BatchError], message: str, cause: BaseException | None
+    ) -> None:
+        self.error_type = error_type
+        self.message = message
+        self.cause = cause
+
+    def new_error(self) -> BatchError:
+        error = self.error_type(self.message)
+        error.__cause__ = self.cause
+        return error
+
+
+def _is_sequence_like(value: object) -> bool:
+    # Array-likes (numpy, torch) are not registered Sequences but have a length
+    # and index by position; strings and mappings are never a list of outputs.
+    if isinstance(value, str | bytes | Mapping):
+        return False
+    return isinstance(value, Sequence) or (
+        hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    )
+
+
+def _check_outputs(outputs: Any, expected: int) -> Sequence[Any]:
+    """Return ``outputs`` if it is a sequence of ``expected`` items, else raise."""
+    if type(outputs) is not list and type(outputs) is not tuple and not _is_sequence_like(outputs):
+        raise _ContractViolation(
+            f"process must return a sequence of outputs, got {type(outputs).__name__}"
+        )
+    if len(outputs) != expected:
+        raise _ContractViolation(f"process returned {len(outputs)} outputs for {expected} inputs")
+    return outputs  # type: ignore[no-any-return]
+
+
+@final
+class Batcher(Generic[K, I, O]):
+    """Collects concurrent :meth:`submit` calls per key into batched ``process`` calls.
+
+    Only :func:`open_batcher` creates a batcher; it is usable inside that
+    ``async with`` block. Share it freely between tasks of the block.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_acquire",
+        "_closed",
+        "_draining",
+        "_keys",
+        "_limits",
+        "_name",
+        "_nursery",
+        "_policy",
+        "_process",
+        "_timer_heap",
+        "_timer_scope",
+        "_timer_seq",
+        "_timer_task_scope",
+        "_torn_down",
+        "_uses_timer",
+    )
+
+    def __init__(
+        self,
+        process: Callable[..., Awaitable[Sequence[O]]],
+        acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
+        policy: Policy,
+        limits: Limits,
+        name: str,
+    ) -> None:
+        self._process = process
+        self._acquire = acquire
+        self._policy = policy
+        self._limits = limits
+        self._name = name
+        # Key -> its queue. Invariant: no idle KeyState is ever stored here.
+        self._keys: dict[K, KeyState[I, _Task]] = {}
+        self._nursery: trio.Nursery | None = None
+        # No new submits (draining or closed).
+        self._closed = False
+        # Every queued batch is ready, whatever the policy.
+        self._draining = False
+        # The block was left by an exception or a cancellation: start nothing.
+        self._torn_down = False
+        # Duration timers: (deadline, sequence, key, key state, batch).
+        self._timer_heap: list[tuple[float, int, K, KeyState[I, _Task], Batch[I, _Task]]] = []
+        self._uses_timer = isinstance(policy, Duration) and policy.delay_seconds != math.inf
+        self._timer_scope: trio.CancelScope | None = None
+        self._timer_task_scope: trio.CancelScope | None = None
+        self._timer_seq = itertools.count()
+
+    # -- public ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The ``name`` given to :func:`open_batcher`."""
+        return self._name
+
+    @property
+    def policy(self) -> Policy:
+        """The batching policy in force."""
+        return self._policy
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force."""
+        return self._limits
+
+    def statistics(self) -> BatcherStatistics:
+        """Return a snapshot of the batcher's state (see :class:`BatcherStatistics`)."""
+        states = self._keys.values()
+        return BatcherStatistics(
+            active_keys=len(self._keys),
+            queued_items=sum(state.queued_items() for state in states),
+            processing_batches=sum(state.started for state in states),
+        )
+
+    def __repr__(self) -> str:
+        if self._torn_down or (self._closed and not self._draining):
+            status = "closed"
+        elif self._draining:
+            status = "draining"
+        else:
+            status = "open"
+        return (
+            f"<trio_batch.Batcher {self._name!r} {status}, policy={self._policy!r}, "
+            f"active_keys={len(self._keys)}>"
+        )
+
+    @trio.lowlevel.enable_ki_protection
+    async def submit(self, key: K, item: I) -> O:
+        """Add ``item`` to ``key``'s current batch and wait for its output.
+
+        Items of one key are processed in arrival order: within a batch, inputs
+        keep the order in which ``submit`` was called, and batches of a key start
+        in FIFO order. This is always a checkpoint.
+
+        Cancellation is exact. If the caller is cancelled before its item's batch
+        has begun processing, the item is *withdrawn*: it is never passed to
+        ``process`` (a batch left empty is dropped, releasing any resource).
+        If it is cancelled after processing began, the batch carries on for the
+        other callers, this caller's output is discarded, and it sees
+        :exc:`trio.Cancelled` at once.
+
+        Returns:
+            The output that ``process`` returned at this item's position.
+
+        Raises:
+            Rejected: the key's queue is full; the item was not queued.
+            BatchFailed: ``process`` (or releasing the resource) raised; the
+                exception is ``__cause__``.
+            ResourceAcquisitionFailed: entering ``acquire(key)`` raised; the
+                exception is ``__cause__``.
+            ProcessorContractError: ``process`` returned the wrong number of
+                outputs, or not a sequence.
+            BatcherClosed: the block has exited or is draining, or it was left
+                by an exception or cancellation while this item waited.
+            TypeError: ``key`` is not hashable.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise BatcherClosed(f"batcher {self._name!r} is closed")
+        keys = self._keys
+        try:
+            state = keys.get(key)
+        except TypeError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise TypeError(
+                f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
+            ) from None
+        if state is None:
+            state = keys[key] = KeyState()
+        task = trio.lowlevel.current_task()
+        batch = state.add(item, task, self._policy, self._limits)
+        if batch is None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise Rejected(
+                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
+                f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
+            )
+        if batch.state == WAITING:
+            # A batch that holds one item after an add is new (a batch never
+            # shrinks to 0 and comes back): its timer starts now.
+            if self._uses_timer and len(batch.inputs) == 1:
+                self._add_timer(key, state, batch)
+            if state.started < self._limits.max_key_concurrency:
+                self._start_ready(key, state, after_finish=False)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._withdraw(key, state, batch, task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    # -- scheduling ------------------------------------------------------------
+
+    def _start_ready(self, key: K, state: KeyState[I, _Task], *, after_finish: bool) -> None:
+        """Spawn a task for every batch of ``key`` that may start now."""
+        if self._torn_down:
+            return
+        nursery = self._nursery
+        assert nursery is not None
+        for batch in state.start_ready(
+            self._policy, self._limits, after_finish=after_finish, draining=self._draining
+        ):
+            nursery.start_soon(self._run_batch, key, state, batch)
+
+    def _forget_if_idle(self, key: K, state: KeyState[I, _Task]) -> None:
+        if state.is_idle() and self._keys.get(key) is state:
+            del self._keys[key]
+
+    @trio.lowlevel.enable_ki_protection
+    def _withdraw(
+        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], task: _Task
+    ) -> None:
+        """A parked caller was cancelled (its ``abort_fn``)."""
+        if batch.state > STARTING:
+            # Processing has begun: the batch carries on, the output is discarded.
+            state.abandon(batch, task)
+            return
+        if state.withdraw(batch, task):
+            # Dropped. A started batch still holds its slot: stop its
+            # acquisition; its task's ``finally`` frees the slot.
+            if batch.scope is not None:
+                batch.scope.cancel()
+            self._start_ready(key, state, after_finish=False)
+            self._forget_if_idle(key, state)
+
+    def _add_timer(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
+        policy = self._policy
+        assert isinstance(policy, Duration)
+        deadline = trio.current_time() + policy.delay_seconds
+        batch.deadline = deadline
+        heapq.heappush(self._timer_heap, (deadline, next(self._timer_seq), key, state, batch))
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def _run_timers(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        """Expire Duration timers. One task for the whole batcher."""
+        heap = self._timer_heap
+        with trio.CancelScope() as outer:
+            task_status.started(outer)
+            while True:
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, key, state, batch = heapq.heappop(heap)
+                    # A timer belongs to one batch: if that batch has started,
+                    # been processed or dropped, or its key forgotten, do nothing.
+                    if batch.state == WAITING:
+                        batch.expired = True
+                        if state.started < self._limits.max_key_concurrency:
+                            self._start_ready(key, state, after_finish=False)
+                with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                    self._timer_scope = scope
+                    await trio.sleep_forever()
+
+    # -- running a batch -------------------------------------------------------
+
+    async def _run_batch(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
+        """Acquire, process and deliver one started batch; always frees its slot."""
+        result: Sequence[Any] | _Failure | None = None
+        try:
+            # A batch spawned while the block is being cancelled must not begin.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._acquire is not None:
+                result = await self._acquire_and_process(key, state, batch)
+            elif state.begin_processing(batch):
+                try:
+                    result = await self._call_process(key, batch.inputs, ())
+                except Exception as exc:
+                    result = self._failure(BatchFailed, key, batch, exc)
+        finally:
+            waiters = state.finish(batch)
+            if result is None:
+                # Cancelled by teardown, or crashed with a BaseException (or dropped,
+                # in which case there is nobody left to tell).
+                result = _Failure(
+                    BatcherClosed,
+                    f"batcher {self._name!r} was closed before the batch completed",
+                    None,
+                )
+            self._deliver(waiters, result)
+            if not self._torn_down and trio.current_effective_deadline() != -math.inf:
+                self._start_ready(key, state, after_finish=True)
+            self._forget_if_idle(key, state)
+
+    async def _acquire_and_process(
+        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]
+    ) -> Sequence[Any] | _Failure | None:
+        assert self._acquire is not None
+        if batch.state != STARTING:
+            return None  # dropped before its task ran
+        processing = False
+        outputs: Sequence[Any] | None = None
+        process_error: Exception | None = None
+        try:
+            with trio.CancelScope() as scope:
+                # Withdrawing every item cancels this scope: acquisition stops.
+                batch.scope = scope
+                async with self._acquire(key) as resource:
+                    batch.scope = None
+                    if not state.begin_processing(batch):
+                        return None  # dropped while acquiring: release, no process
+                    processing = True
+                    try:
+                        outputs = await self._call_process(key, batch.inputs, (resource,))
+                    except Exception as exc:
+                        process_error = exc
+                        raise
+        except Exception as exc:
+            if not processing:
+                return self._failure(ResourceAcquisitionFailed, key, batch, exc)
+            return self._failure(BatchFailed, key, batch, exc)
+        if process_error is not None:
+            # The resource's context manager swallowed process's exception.
+            return self._failure(BatchFailed, key, batch, process_error)
+        return outputs
+
+    async def _call_process(self, key: K, inputs: list[I], extra: tuple[Any, ...]) -> Sequence[Any]:
+        expected = len(inputs)
+        awaitable = self._process(key, inputs, *extra)
+        if not inspect.isawaitable(awaitable):
+            raise _ContractViolation(
+                f"process must be an async function, but it returned {type(awaitable).__name__}; "
+                "run blocking work with trio.to_thread.run_sync inside an async process"
+            )
+        return _check_outputs(await awaitable, expected)
+
+    def _failure(
+        self, error_type: type[BatchError], key: K, batch: Batch[I, _Task], exc: Exception
+    ) -> _Failure:
+        where = f"batcher {self._name!r}, key {_key_repr.repr(key)}, batch of {len(batch.inputs)}"
+        if isinstance(exc, _ContractViolation):
+            return _Failure(ProcessorContractError, f"{exc} ({where})", None)
+        what = "acquire raised" if error_type is ResourceAcquisitionFailed else "process raised"
+        return _Failure(error_type, f"{what} {type(exc).__name__}: {exc} ({where})", exc)
+
+    @staticmethod
+    def _deliver(waiters: list[_Task | None], result: Sequence[Any] | _Failure) -> None:
+        reschedule = trio.lowlevel.reschedule
+        if type(result) is _Failure:
+            for task in waiters:
+                if task is not None:
+                    reschedule(task, outcome.Error(result.new_error()))
+        else:
+            for task, output in zip(waiters, result, strict=True):
+                if task is not None:
+                    reschedule(task, outcome.Value(output))
+
+    # -- the block ---------------------------------------------------------------
+
+    def _begin_drain(self) -> None:
+        """The body returned: refuse new items, make every queued batch ready."""
+        self._closed = True
+        self._draining = True
+        self._stop_timers()
+        for key, state in list(self._keys.items()):
+            self._start_ready(key, state, after_finish=False)
+
+    def _stop_timers(self) -> None:
+        self._timer_heap.clear()
+        self._uses_timer = False
+        if self._timer_task_scope is not None:
+            self._timer_task_scope.cancel()
+
+    def _tear_down(self) -> None:
+        """The body raised or was cancelled: cancel every batch task now."""
+        self._closed = True
+        self._torn_down = True
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def _close(self) -> None:
+        """After the nursery: anyone still parked gets :exc:`BatcherClosed`."""
+        self._closed = True
+        self._torn_down = True
+        self._draining = False
+        keys = self._keys
+        self._keys = {}
+        for state in keys.values():
+            for batch in state.queued_batches():
+                self._deliver(
+                    batch.waiters,
+                    _Failure(BatcherClosed, f"batcher {self._name!r} was closed", None),
+                )
+                batch.waiters = []
+                batch.inputs = []
+
+
+@overload
+def open_batcher(
+    process: Callable[[K, list[I]], Awaitable[Sequence[O]]],
+    *,
+    acquire: None = None,
+    policy: Policy = ...,
+    limits: Limits = ...,
+    name: str = ...,
+) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
+
+
+@overload
+def open_batcher(
+    process: Callable[[K, list[I], R], Awaitable[Sequence[O]]],
+    *,
+    acquire: Callable[[K], AbstractAsyncContextManager[R]],
+    policy: Policy = ...,
+    limits: Limits = ...,
+    name: str = ...,
+) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
+
+
+def open_batcher(
+    process: Callable[..., Awaitable[Sequence[O]]],
+    *,
+    acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None = None,
+    policy: Policy = Immediate(),  # noqa: B008 - frozen value, safe to share
+    limits: Limits = Limits(),  # noqa: B008 - frozen value, safe to share
+    name: str = "batcher",
+) -> AbstractAsyncContextManager[Batcher[Any, Any, O]]:
+    """Open a batcher whose tasks live inside the ``async with`` block.
+
+    ::
+
+        async with trio_batch.open_batcher(process, policy=trio_batch.Size()) as batcher:
+            output = await batcher.submit(key, item)
+
+    Args:
+        process: ``async (key, inputs) -> outputs``, or ``async (key, inputs,
+            resource) -> outputs`` when ``acquire`` is given. ``inputs`` is a new
+            list, in arrival order, that ``process`` may keep; it must return a
+            sequence of exactly ``len(inputs)`` outputs, output *i* going to the
+            caller of input *i*. Blocking or CPU-bound work belongs in
+            :func:`trio.to_thread.run_sync` inside it.
+        acquire: optional ``(key) -> async context manager``. It is entered in
+            the batch's own task before ``process`` is called and exited after
+            ``process`` returns or fails (seeing its exception, so a transaction
+            can roll back); the value it yields is passed as ``resource``.
+        policy: when batches start: :class:`Immediate` (default), :class:`Size`,
+            :class:`Duration` or :class:`Balanced`.
+        limits: a :class:`Limits` value.
+        name: used in error messages and ``repr``.
+
+    Leaving the block is shutdown. If the body returns normally, the batcher
+    *drains*: new :meth:`~Batcher.submit` calls raise :exc:`BatcherClosed`,
+    every queued batch becomes ready at once whatever the policy (a partial
+    ``Size`` batch is flushed, a ``Duration`` timer is not waited out) within
+    ``max_key_concurrency``, and the block exits when every caller has its
+    outcome. If the body raises or the block is cancelled, every batch task is
+    cancelled at once, callers still waiting get :exc:`BatcherClosed`, and the
+    body's exception propagates as itself, not wrapped in an exception group.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``policy`` cannot work within ``limits`` (``Balanced``
+            with ``min_size_hint > max_batch_size``).
+    """
+    if not callable(process):
+        raise TypeError(f"process must be an async callable, got {process!r}")
+    if acquire is not None and not callable(acquire):
+        raise TypeError(
+            f"acquire must be None or a callable returning an async context manager, "
+            f"got {acquire!r}"
+        )
+    if not isinstance(policy, POLICY_TYPES):
+        raise TypeError(
+            f"policy must be Immediate(), Size(), Duration(...) or Balanced(...), got {policy!r}"
+        )
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a trio_batch.Limits, got {limits!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    check_compatible(policy, limits)
+    return _open(Batcher(process, acquire, policy, limits, name))
+
+
+@asynccontextmanager
+async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            batcher._nursery = nursery
+            if batcher._uses_timer:
+                batcher._timer_task_scope = await nursery.start(batcher._run_timers)
+            try:
+                yield batcher
+            except BaseException as exc:
+                body_error = exc
+                batcher._tear_down()
+            else:
+                batcher._begin_drain()
+    except BaseExceptionGroup as group:
+        # Our nursery's own tasks only raise BaseExceptions that are not
+        # Exceptions (process raised KeyboardInterrupt, or cancellation from
+        # outside). Never hand the caller a group made by our nursery.
+        if body_error is not None and group.split(trio.Cancelled)[1] is None:
+            _reraise(body_error)  # only teardown's own cancellations: the body's error wins
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            _reraise(group.exceptions[0])
+        raise
+    finally:
+        batcher._close()
+    if body_error is not None:
+        raise body_error
+
+
+def _reraise(error: BaseException) -> None:
+    """Raise ``error`` as itself, keeping the ``__context__`` it already had."""
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
+        del error, context

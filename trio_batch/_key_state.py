@@ -1,0 +1,211 @@
+"""One key's queue of batches and its count of started batches.
+
+This is the per-key model of the spec, as plain data with no Trio and no clock:
+the batcher (``_batcher``) calls these methods from synchronous code and acts on
+what they return (spawn a batch task, park or wake a caller). Keeping it pure is
+what lets ``tests/test_properties_key_state.py`` check it with a Hypothesis state
+machine.
+
+Shape of a key::
+
+    waiting:  deque of batches that have not started      (oldest first)
+    starting: list of batches started but not processing  (oldest first)
+    started:  number of started batches (starting + processing)
+
+The spec's *queue* is ``starting + waiting``: a batch leaves it when its
+``process`` call begins (or it is dropped), not when it starts. Because batches
+start in FIFO order, every started batch is older than every waiting one, so the
+newest batch in the queue is ``waiting[-1]`` if there is one, else
+``starting[-1]``.
+
+Invariants (checked by the state machine):
+
+* ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
+* ``len(starting) <= started <= limits.max_key_concurrency``
+* ``0 < batch.size <= limits.max_batch_size`` for every queued batch
+* a key whose queue is empty and whose ``started`` is 0 is *idle* and must be
+  forgotten by its owner at once (``is_idle``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._policies import Limits, Policy, rejects_when_full
+
+if TYPE_CHECKING:
+    import trio
+
+K = TypeVar("K")
+I = TypeVar("I")  # noqa: E741 - conventional name for the input type
+W = TypeVar("W")
+
+# Batch life cycle. A batch only moves forward through these.
+WAITING = 0  # in the queue, not started
+STARTING = 1  # started (task spawned, maybe acquiring), still in the queue, still filling
+PROCESSING = 2  # process() has been called with its inputs; out of the queue
+DONE = 3  # finished, failed, or dropped; out of the queue
+
+
+class Batch(Generic[I, W]):
+    """A group of items of one key that will be passed to one ``process`` call.
+
+    ``inputs[i]`` was submitted by the caller parked as ``waiters[i]``. Once the
+    batch is processing, a waiter that gave up is replaced by ``None`` so that
+    the output positions stay aligned with ``inputs``.
+    """
+
+    __slots__ = ("deadline", "expired", "filled", "inputs", "scope", "state", "waiters")
+
+    def __init__(self) -> None:
+        self.inputs: list[I] = []
+        self.waiters: list[W | None] = []
+        self.state = WAITING
+        #: Has held ``max_batch_size`` items at some point (sticky).
+        self.filled = False
+        #: Its Duration timer has fired (sticky).
+        self.expired = False
+        #: When its Duration timer fires (set by the batcher; inf without one).
+        self.deadline = float("inf")
+        #: The batch task's cancel scope, set by the batcher while it acquires.
+        self.scope: trio.CancelScope | None = None
+
+    @property
+    def size(self) -> int:
+        """Items in the batch."""
+        return len(self.inputs)
+
+    def __repr__(self) -> str:
+        state = ("waiting", "starting", "processing", "done")[self.state]
+        return f"<Batch {state} size={len(self.inputs)}>"
+
+
+class KeyState(Generic[I, W]):
+    """The queue and started-batch count of one key."""
+
+    __slots__ = ("started", "starting", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[Batch[I, W]] = deque()
+        self.starting: list[Batch[I, W]] = []
+        self.started = 0
+
+    # -- queries ---------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """Nothing queued and nothing started: the owner must forget this key."""
+        return not self.started and not self.waiting and not self.starting
+
+    def queued_items(self) -> int:
+        """Items in batches that have not begun processing."""
+        return sum(len(b.inputs) for b in self.waiting) + sum(len(b.inputs) for b in self.starting)
+
+    def queued_batches(self) -> list[Batch[I, W]]:
+        """Batches that have not begun processing, oldest first."""
+        return [*self.starting, *self.waiting]
+
+    # -- transitions ---------------------------------------------------------
+
+    def add(self, item: I, waiter: W, policy: Policy, limits: Limits) -> Batch[I, W] | None:
+        """Put ``item`` in the newest queued batch, or a new one; ``None`` means rejected.
+
+        A new batch is appended to ``waiting`` (the caller must then give it a
+        timer if the policy has one, and call :meth:`start_ready`). On
+        rejection nothing changes.
+        """
+        if self.waiting:
+            newest: Batch[I, W] | None = self.waiting[-1]
+        elif self.starting:
+            newest = self.starting[-1]
+        else:
+            newest = None
+        if newest is None or len(newest.inputs) >= limits.max_batch_size:
+            if newest is not None and rejects_when_full(policy):
+                return None
+            if len(self.waiting) + len(self.starting) >= limits.max_batch_queue_size:
+                return None
+            newest = Batch()
+            self.waiting.append(newest)
+        newest.inputs.append(item)
+        newest.waiters.append(waiter)
+        if len(newest.inputs) >= limits.max_batch_size:
+            newest.filled = True
+        return newest
+
+    def start_ready(
+        self,
+        policy: Policy,
+        limits: Limits,
+        *,
+        after_finish: bool = False,
+        draining: bool = False,
+    ) -> list[Batch[I, W]]:
+        """Start the oldest waiting batches that the policy (or a drain) lets start.
+
+        Returns the batches that moved to ``STARTING``, oldest first; the caller
+        must run each one. Stops at the first batch that may not start (FIFO)
+        or when ``max_key_concurrency`` batches are started. ``after_finish``
+        applies to the first batch only: the one that takes the freed slot.
+        """
+        started_now: list[Batch[I, W]] = []
+        waiting = self.waiting
+        while waiting and self.started < limits.max_key_concurrency:
+            batch = waiting[0]
+            if not (
+                draining
+                or policy._may_start(batch, started=self.started, after_finish=after_finish)
+            ):
+                break
+            after_finish = False
+            waiting.popleft()
+            batch.state = STARTING
+            self.starting.append(batch)
+            self.started += 1
+            started_now.append(batch)
+        return started_now
+
+    def begin_processing(self, batch: Batch[I, W]) -> bool:
+        """Take a started batch out of the queue; ``False`` if it was dropped meanwhile."""
+        if batch.state != STARTING:
+            return False
+        self.starting.remove(batch)
+        batch.state = PROCESSING
+        return True
+
+    def finish(self, batch: Batch[I, W]) -> list[W | None]:
+        """A started batch's task is ending: free its slot, return waiters still owed an outcome.
+
+        If the batch never began processing (acquire failed, or teardown), it
+        leaves the queue now and all its waiters are returned.
+        """
+        if batch.state == STARTING:
+            self.starting.remove(batch)
+        batch.state = DONE
+        self.started -= 1
+        return batch.waiters
+
+    def withdraw(self, batch: Batch[I, W], waiter: W) -> bool:
+        """Remove a waiter's item from a batch that has not begun processing.
+
+        Returns ``True`` if that emptied the batch, which is then dropped: taken
+        out of the queue (a started batch's slot stays taken until its task
+        ends and calls :meth:`finish`).
+        """
+        index = batch.waiters.index(waiter)
+        del batch.waiters[index]
+        del batch.inputs[index]
+        if batch.inputs:
+            return False
+        if batch.state == WAITING:
+            self.waiting.remove(batch)
+        else:
+            # STARTING: its task keeps the slot until it ends and calls finish();
+            # begin_processing() will see the batch is gone and refuse it.
+            self.starting.remove(batch)
+        batch.state = DONE
+        return True
+
+    def abandon(self, batch: Batch[I, W], waiter: W) -> None:
+        """A waiter of a processing batch gave up; its output will be discarded."""
+        batch.waiters[batch.waiters.index(waiter)] = None

@@ -1,0 +1,226 @@
+"""Batching policies and limits: immutable values, and the pure decisions they make.
+
+A policy answers one question, "may the oldest batch of this key that has not
+started, start now?", from facts about that batch and its key. Nothing here reads
+a clock, touches Trio or owns state: the key's queue (``_key_state``) asks, the
+batcher (``_batcher``) acts. That split is what lets the property tests drive every
+policy through millions of interleavings without an event loop.
+
+The question is only ever asked about the *oldest* batch that has not started,
+and a slot must be free before it is asked: batches of one key start in FIFO order,
+so a policy can never let a younger batch jump the queue. The answer may depend on
+why it is asked (``after_finish``): ``Immediate`` and ``Balanced`` start the next
+batch whatever its size when a slot frees, ``Size`` and ``Duration`` never do.
+
+Readiness that comes from an event is remembered: a batch that *became* full is
+ready even if a caller withdraws from it later, and a batch whose timer expired
+stays expired. Without that, a batch emptied a little by cancellations could sit
+in front of full batches until shutdown.
+
+Rejected alternative: policies as open-ended strategy objects with ``on_add`` /
+``on_finish`` callbacks returning actions (batch-aint-one's shape). With FIFO starts
+and a free slot as preconditions, the only thing left to decide is a yes/no about
+one batch, so one predicate per policy is the whole decision surface and each
+predicate is a line of boolean logic that the tests can state exactly.
+
+To change a policy or limits, build a new value: ``attrs.evolve(policy,
+delay_seconds=0.02)`` copies and re-validates.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Protocol, TypeAlias, final
+
+import attrs
+
+__all__ = [
+    "Balanced",
+    "Duration",
+    "Immediate",
+    "Limits",
+    "OnFull",
+    "Policy",
+    "Size",
+]
+
+
+class BatchFacts(Protocol):
+    """What a policy may know about a batch that has not started."""
+
+    @property
+    def size(self) -> int:
+        """Items currently in the batch (withdrawn items excluded)."""
+
+    @property
+    def filled(self) -> bool:
+        """The batch has been full (``max_batch_size`` items) at some point."""
+
+    @property
+    def expired(self) -> bool:
+        """The batch's ``Duration`` timer has expired."""
+
+
+def _check_int_at_least_1(_inst: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, got {value!r}")
+
+
+def _resolve_queue_size(value: int | None, self: Any) -> int:
+    # Resolved at construction, so the value you read is the value in force.
+    return 2 * self.max_key_concurrency if value is None else value
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds that hold for every key of a batcher, whatever the policy.
+
+    Args:
+        max_batch_size: the most items one ``process`` call receives.
+        max_key_concurrency: the most batches of one key that are *started*
+            (acquiring a resource or processing) at once.
+        max_batch_queue_size: the most batches of one key that have not begun
+            processing (waiting to start, or started and still acquiring). An item
+            that would need one more batch is :exc:`~trio_batch.Rejected`.
+            Defaults to ``2 * max_key_concurrency``, resolved at construction, so
+            ``Limits().max_batch_queue_size == 20``.
+
+    Raises:
+        ValueError: a value is less than 1.
+        TypeError: a value is not an int.
+    """
+
+    max_batch_size: int = attrs.field(default=100, validator=_check_int_at_least_1)
+    max_key_concurrency: int = attrs.field(default=10, validator=_check_int_at_least_1)
+    max_batch_queue_size: int = attrs.field(
+        default=None,
+        converter=attrs.Converter(_resolve_queue_size, takes_self=True),  # type: ignore[misc]
+        validator=_check_int_at_least_1,
+    )
+
+
+class OnFull(enum.Enum):
+    """What a :class:`Duration` batch does when it becomes full before its timer."""
+
+    #: The full batch is ready at once; a later item opens a new batch.
+    PROCESS = "process"
+    #: The full batch still waits for its timer; items that arrive while the
+    #: newest batch is full are :exc:`~trio_batch.Rejected`.
+    REJECT = "reject"
+
+
+@final
+@attrs.frozen
+class Immediate:
+    """Start a batch as soon as a slot is free; lowest latency.
+
+    An arriving item's batch starts at once if fewer than ``max_key_concurrency``
+    batches of its key are started; it keeps accepting items submitted in the same
+    scheduling round (and, with ``acquire``, while its resource is being acquired)
+    until ``process`` is called. When a batch finishes, the oldest queued batch
+    starts whatever its size. Under load, batches grow by themselves.
+    """
+
+    def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
+        return True
+
+
+@final
+@attrs.frozen
+class Size:
+    """Start a batch only when it is full; best batch utilisation.
+
+    A batch starts when it reaches ``max_batch_size`` items and a slot is free, or
+    later, when a slot frees. A partial batch waits (there is no timer) until it
+    fills or the batcher drains; pair with :class:`Duration` if traffic can stop.
+    """
+
+    def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
+        return batch.filled
+
+
+def _check_delay(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@final
+@attrs.frozen
+class Duration:
+    """Start a batch when it is ``delay_seconds`` old; regular, bounded waits.
+
+    The first item of a new batch starts the batch's timer. The timer is a
+    *maximum age*, not a debounce: later items do not reset it, so a steady
+    trickle of items is still flushed every ``delay_seconds``. At expiry the batch
+    starts as soon as a slot is free.
+
+    Args:
+        delay_seconds: the maximum age, in seconds (>= 0; ``math.inf`` waits for
+            a full batch or the end of the block).
+        on_full: what a batch that fills before its timer does.
+            :attr:`OnFull.PROCESS` (default): it is ready at once.
+            :attr:`OnFull.REJECT`: it still waits for its timer, and items that
+            arrive while the newest batch is full are rejected.
+
+    Raises:
+        ValueError: ``delay_seconds`` is negative or NaN.
+    """
+
+    delay_seconds: float = attrs.field(validator=_check_delay)
+    on_full: OnFull = attrs.field(
+        default=OnFull.PROCESS, validator=attrs.validators.instance_of(OnFull)
+    )
+
+    def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
+        return batch.expired or (batch.filled and self.on_full is OnFull.PROCESS)
+
+
+@final
+@attrs.frozen
+class Balanced:
+    """Start at once when the key is idle, otherwise wait for ``min_size_hint`` items.
+
+    If no batch of the key is started, an arriving item's batch starts now (like
+    :class:`Immediate`). Otherwise its batch starts once it holds
+    ``min_size_hint`` items and a slot is free. When a batch finishes, the oldest
+    queued batch starts whatever its size. Cheap when quiet, efficient under load.
+
+    Args:
+        min_size_hint: items a batch should gather while others of its key run
+            (>= 1, and no more than ``Limits.max_batch_size``, which
+            :func:`~trio_batch.open_batcher` checks).
+
+    Raises:
+        ValueError: ``min_size_hint`` is less than 1.
+    """
+
+    min_size_hint: int = attrs.field(validator=_check_int_at_least_1)
+
+    def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
+        return after_finish or started == 0 or batch.size >= self.min_size_hint
+
+
+#: Any of the four batching policies.
+Policy: TypeAlias = Immediate | Size | Duration | Balanced
+
+POLICY_TYPES = (Immediate, Size, Duration, Balanced)
+
+
+def rejects_when_full(policy: Policy) -> bool:
+    """Whether an item that finds the newest batch full is rejected outright."""
+    return isinstance(policy, Duration) and policy.on_full is OnFull.REJECT
+
+
+def check_compatible(policy: Policy, limits: Limits) -> None:
+    """Raise :exc:`ValueError` if ``policy`` cannot work within ``limits``."""
+    if isinstance(policy, Balanced) and policy.min_size_hint > limits.max_batch_size:
+        raise ValueError(
+            f"Balanced.min_size_hint must be <= max_batch_size, "
+            f"got {policy.min_size_hint} > {limits.max_batch_size}"
+        )
