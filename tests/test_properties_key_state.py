@@ -1,0 +1,289 @@
+"""A Hypothesis state machine over the pure layer: one key's queue plus a policy.
+
+The machine plays the batcher's part without Trio: it submits items, runs the
+policy after every event exactly where the batcher does (add, timer, finish,
+withdrawal, drain), begins and finishes started batches in any order, withdraws
+and abandons callers, and advances a fake clock for Duration timers. After every
+step it checks the spec's invariants, including liveness: no batch that the policy
+would start is left waiting while a slot is free.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+import trio_batch as tb
+from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
+from trio_batch._policies import Policy
+
+Item = int
+KeyBatch = Batch[Item, Item]
+
+
+def policies(max_batch_size: int) -> st.SearchStrategy[Policy]:
+    return st.one_of(
+        st.just(tb.Immediate()),
+        st.just(tb.Size()),
+        st.builds(
+            tb.Duration,
+            st.sampled_from([0.0, 1.0, 2.5]),
+            st.sampled_from(list(tb.OnFull)),
+        ),
+        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
+    )
+
+
+class KeyStateMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: KeyState[Item, Item] = KeyState()
+        self.ids = itertools.count()
+        self.now = 0.0
+        self.draining = False
+        # Every batch ever created, in creation order.
+        self.batches: list[KeyBatch] = []
+        self.start_order: list[KeyBatch] = []
+        # Started batches whose "task" has not finished yet (incl. dropped ones).
+        self.running: list[KeyBatch] = []
+        self.submitted: list[Item] = []
+        self.withdrawn: set[Item] = set()
+        self.abandoned: set[Item] = set()
+        self.processed: list[list[Item]] = []
+        # The model's own record of batches that have held max_batch_size items.
+        self.been_full: set[int] = set()
+
+    @initialize(data=st.data())
+    def configure(self, data: st.DataObject) -> None:
+        self.limits = data.draw(
+            st.builds(
+                tb.Limits,
+                max_batch_size=st.integers(1, 3),
+                max_key_concurrency=st.integers(1, 3),
+                max_batch_queue_size=st.integers(1, 4),
+            ),
+            label="limits",
+        )
+        self.policy = data.draw(policies(self.limits.max_batch_size), label="policy")
+
+    # -- the batcher's side -------------------------------------------------
+
+    def run_policy(self, *, after_finish: bool = False) -> None:
+        started_before = self.state.started
+        started = self.state.start_ready(
+            self.policy, self.limits, after_finish=after_finish, draining=self.draining
+        )
+        for n, batch in enumerate(started):
+            assert batch.state == STARTING
+            self.check_may_start(
+                batch, started_before + n, first_after_finish=after_finish and n == 0
+            )
+            self.start_order.append(batch)
+            self.running.append(batch)
+
+    def check_may_start(self, batch: KeyBatch, started: int, *, first_after_finish: bool) -> None:
+        """Safety: the spec's table, restated as an oracle."""
+        assert started < self.limits.max_key_concurrency
+        if self.draining:
+            return
+        policy = self.policy
+        if isinstance(policy, tb.Size):
+            assert id(batch) in self.been_full, "Size started a batch that never was full"
+        elif isinstance(policy, tb.Duration):
+            if policy.on_full is tb.OnFull.REJECT:
+                assert batch.expired, "Duration(REJECT) started a batch before its timer"
+            else:
+                assert batch.expired or id(batch) in self.been_full, "Duration started too early"
+        elif isinstance(policy, tb.Balanced):
+            assert first_after_finish or started == 0 or batch.size >= policy.min_size_hint
+
+    def queue(self) -> list[KeyBatch]:
+        return self.state.queued_batches()
+
+    # -- rules ------------------------------------------------------------------
+
+    @precondition(lambda self: not self.draining)
+    @rule(n=st.integers(1, 4))
+    def submit(self, n: int) -> None:
+        # Several arrivals in one step: queues build up within few steps.
+        for _ in range(n):
+            self.submit_one()
+
+    def submit_one(self) -> None:
+        item = next(self.ids)
+        queue_before = self.queue()
+        newest = queue_before[-1] if queue_before else None
+        newest_full = newest is not None and newest.size >= self.limits.max_batch_size
+        batch = self.state.add(item, item, self.policy, self.limits)
+        if batch is None:
+            # Rejected only when a new batch was needed and none may be opened.
+            assert newest_full
+            rejects_full = (
+                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
+            )
+            assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
+            assert self.queue() == queue_before
+            return
+        self.submitted.append(item)
+        if batch.size == self.limits.max_batch_size:
+            self.been_full.add(id(batch))
+        if newest is None or newest_full:
+            assert batch not in queue_before, "a full batch was joined"
+            self.batches.append(batch)
+            if isinstance(self.policy, tb.Duration):
+                batch.deadline = self.now + self.policy.delay_seconds
+        else:
+            assert batch is newest, "the item did not join the newest batch"
+        if batch.state == WAITING:
+            self.run_policy()
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 3.0]))
+    def advance_clock(self, dt: float) -> None:
+        self.now += dt
+        for batch in self.state.waiting:
+            if batch.deadline <= self.now:
+                batch.expired = True
+        self.run_policy()
+
+    @precondition(lambda self: bool(self.state.starting))
+    @rule(data=st.data())
+    def begin_processing(self, data: st.DataObject) -> None:
+        # Acquisition can complete in any order.
+        batch = data.draw(st.sampled_from(self.state.starting))
+        assert self.state.begin_processing(batch)
+        assert batch.state == PROCESSING
+        assert 0 < batch.size <= self.limits.max_batch_size
+        self.processed.append(list(batch.inputs))
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        # A started batch's task ends: success, failure, acquire failure or drop.
+        batch = data.draw(st.sampled_from(self.running))
+        self.running.remove(batch)
+        state_before = batch.state
+        oldest = self.state.waiting[0] if self.state.waiting else None
+        waiters = self.state.finish(batch)
+        assert batch.state == DONE
+        if state_before == STARTING:
+            # Acquisition failed: the batch never ran, every waiter is owed an error.
+            assert waiters == batch.inputs
+        self.run_policy(after_finish=True)
+        if oldest is not None and isinstance(self.policy, tb.Immediate | tb.Balanced):
+            # "When a batch finishes, the oldest queued batch starts, whatever its size."
+            assert oldest.state == STARTING
+
+    @precondition(lambda self: any(b.size for b in self.queue()))
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        batch = data.draw(st.sampled_from([b for b in self.queue() if b.size]))
+        item = data.draw(st.sampled_from(batch.inputs))
+        state_before = batch.state
+        dropped = self.state.withdraw(batch, item)
+        self.withdrawn.add(item)
+        assert item not in batch.inputs
+        assert dropped == (batch.size == 0)
+        if dropped:
+            assert batch.state == DONE
+            assert batch not in self.queue()
+            if state_before == WAITING:
+                assert batch not in self.running
+        self.run_policy()
+
+    @precondition(lambda self: any(b.state == PROCESSING and any(b.waiters) for b in self.batches))
+    @rule(data=st.data())
+    def abandon(self, data: st.DataObject) -> None:
+        batch = data.draw(
+            st.sampled_from([b for b in self.batches if b.state == PROCESSING and any(b.waiters)])
+        )
+        waiter = data.draw(st.sampled_from([w for w in batch.waiters if w is not None]))
+        self.state.abandon(batch, waiter)
+        self.abandoned.add(waiter)
+        assert len(batch.waiters) == len(batch.inputs)
+
+    @precondition(lambda self: not self.draining)
+    @rule()
+    def drain(self) -> None:
+        self.draining = True
+        self.run_policy()
+
+    # -- invariants -------------------------------------------------------------
+
+    @invariant()
+    def limits_hold(self) -> None:
+        state = self.state
+        assert len(state.starting) + len(state.waiting) <= self.limits.max_batch_queue_size
+        assert len(state.starting) <= state.started <= self.limits.max_key_concurrency
+        for batch in self.queue():
+            assert 0 < batch.size <= self.limits.max_batch_size
+
+    @invariant()
+    def started_count_is_exact(self) -> None:
+        # One owner per counter: it equals the started batches whose task is live.
+        assert self.state.started == len(self.running)
+
+    @invariant()
+    def fifo(self) -> None:
+        # Batches start in creation order...
+        order = [b for b in self.batches if b in self.start_order]
+        assert self.start_order == order
+        # ... every waiting batch is younger than every started one ...
+        for batch in self.state.waiting:
+            assert batch.state == WAITING
+        for batch in self.state.starting:
+            assert batch.state == STARTING
+        # ... inputs are in arrival order within every batch (ids increase) ...
+        for batch in self.batches:
+            assert batch.inputs == sorted(batch.inputs)
+        # ... and across the queue. (A batch that has left the queue may have
+        # younger items than an older batch still acquiring: an item joins the
+        # newest batch *in the queue*, as the spec says.)
+        queued = [item for b in self.queue() for item in b.inputs]
+        assert queued == sorted(queued)
+        # Nothing lost, nothing invented: every accepted item is in exactly one batch.
+        everything = sorted(item for b in self.batches for item in b.inputs)
+        assert everything == [i for i in self.submitted if i not in self.withdrawn]
+
+    @invariant()
+    def nothing_processed_twice_or_after_withdrawal(self) -> None:
+        seen = [item for inputs in self.processed for item in inputs]
+        assert len(seen) == len(set(seen))
+        assert not set(seen) & self.withdrawn
+
+    @invariant()
+    def no_ready_batch_left_waiting(self) -> None:
+        """Liveness: with a free slot, the oldest waiting batch is one the policy holds back."""
+        state = self.state
+        if not state.waiting or state.started >= self.limits.max_key_concurrency:
+            return
+        assert not self.draining, "draining leaves a batch waiting with a free slot"
+        oldest = state.waiting[0]
+        policy = self.policy
+        assert not isinstance(policy, tb.Immediate), "Immediate left a batch waiting"
+        if isinstance(policy, tb.Size):
+            assert id(oldest) not in self.been_full
+        elif isinstance(policy, tb.Duration):
+            assert not oldest.expired
+            assert policy.on_full is tb.OnFull.REJECT or id(oldest) not in self.been_full
+        else:
+            assert state.started > 0
+            assert oldest.size < policy.min_size_hint
+
+    @invariant()
+    def idle_means_empty(self) -> None:
+        live = [b for b in self.batches if b.state in (WAITING, STARTING)]
+        assert self.state.is_idle() == (not live and not self.running)
+        assert self.state.queued_items() == sum(b.size for b in live)
+
+
+TestKeyState = KeyStateMachine.TestCase
+TestKeyState.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
