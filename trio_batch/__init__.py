@@ -18,9 +18,19 @@ from ._errors import (
     BatcherClosed as BatcherClosed,
     BatchError as BatchError,
     BatchFailed as BatchFailed,
+    ItemFailed as ItemFailed,
     ProcessorContractError as ProcessorContractError,
     Rejected as Rejected,
     ResourceAcquisitionFailed as ResourceAcquisitionFailed,
+)
+from ._observe import (
+    BatchFinished as BatchFinished,
+    BatchOutcome as BatchOutcome,
+    BatchStarted as BatchStarted,
+    ItemAccepted as ItemAccepted,
+    ItemRejected as ItemRejected,
+    ItemWithdrawn as ItemWithdrawn,
+    Observer as Observer,
 )
 from ._policies import (
     Balanced as Balanced,
@@ -28,8 +38,10 @@ from ._policies import (
     Immediate as Immediate,
     Limits as Limits,
     OnFull as OnFull,
+    Overflow as Overflow,
     Policy as Policy,
     Size as Size,
+    StartReason as StartReason,
 )
 from ._statistics import BatcherStatistics as BatcherStatistics
 
@@ -46,17 +58,27 @@ __all__ = [
     "Balanced",
     "BatchError",
     "BatchFailed",
+    "BatchFinished",
+    "BatchOutcome",
+    "BatchStarted",
     "Batcher",
     "BatcherClosed",
     "BatcherStatistics",
     "Duration",
     "Immediate",
+    "ItemAccepted",
+    "ItemFailed",
+    "ItemRejected",
+    "ItemWithdrawn",
     "Limits",
+    "Observer",
     "OnFull",
+    "Overflow",
     "Policy",
     "ProcessorContractError",
     "Rejected",
     "ResourceAcquisitionFailed",
     "Size",
+    "StartReason",
     "open_batcher",
 ]

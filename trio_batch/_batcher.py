@@ -33,9 +33,10 @@ from __future__ import annotations
 import heapq
 import inspect
 import itertools
+import logging
 import math
 import reprlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar, final, overload
 
@@ -46,12 +47,33 @@ from ._errors import (
     BatcherClosed,
     BatchError,
     BatchFailed,
+    ItemFailed,
     ProcessorContractError,
     Rejected,
     ResourceAcquisitionFailed,
 )
 from ._key_state import STARTING, WAITING, Batch, KeyState
-from ._policies import POLICY_TYPES, Duration, Immediate, Limits, Policy, check_compatible
+from ._observe import (
+    BatchFinished,
+    BatchOutcome,
+    BatchStarted,
+    Dispatch,
+    ItemAccepted,
+    ItemRejected,
+    ItemWithdrawn,
+    Observer,
+    logger,
+)
+from ._policies import (
+    POLICY_TYPES,
+    Duration,
+    Immediate,
+    Limits,
+    Overflow,
+    Policy,
+    check_compatible,
+    start_reason,
+)
 from ._statistics import BatcherStatistics
 
 __all__ = ["Batcher", "open_batcher"]
@@ -112,6 +134,18 @@ def _check_outputs(outputs: Any, expected: int) -> Sequence[Any]:
 
 
 @final
+class _OverflowWaiter:
+    """A caller parked for room (``Overflow.WAIT``); ``batch`` is set on admission."""
+
+    __slots__ = ("batch", "deadline", "entry")
+
+    def __init__(self, deadline: float) -> None:
+        self.batch: Batch[Any, _Task] | None = None
+        self.deadline = deadline
+        self.entry: Any = None
+
+
+@final
 class Batcher(Generic[K, I, O]):
     """Collects concurrent :meth:`submit` calls per key into batched ``process`` calls.
 
@@ -123,7 +157,10 @@ class Batcher(Generic[K, I, O]):
         "__weakref__",
         "_acquire",
         "_closed",
+        "_deadline_margin",
+        "_dispatch",
         "_draining",
+        "_item_ids",
         "_keys",
         "_limits",
         "_name",
@@ -136,6 +173,7 @@ class Batcher(Generic[K, I, O]):
         "_timer_task_scope",
         "_torn_down",
         "_uses_timer",
+        "_wait_for_room",
     )
 
     def __init__(
@@ -145,15 +183,20 @@ class Batcher(Generic[K, I, O]):
         policy: Policy,
         limits: Limits,
         name: str,
+        observers: Sequence[object],
     ) -> None:
         self._process = process
         self._acquire = acquire
         self._policy = policy
         self._limits = limits
         self._name = name
+        # None when unobserved: the hot path tests this one attribute.
+        self._dispatch = Dispatch(name, observers) if observers else None
+        self._item_ids = itertools.count()
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, _Task]] = {}
         self._nursery: trio.Nursery | None = None
+        self._wait_for_room = limits.overflow is Overflow.WAIT
         # No new submits (draining or closed).
         self._closed = False
         # Every queued batch is ready, whatever the policy.
@@ -161,8 +204,14 @@ class Batcher(Generic[K, I, O]):
         # The block was left by an exception or a cancellation: start nothing.
         self._torn_down = False
         # Duration timers: (deadline, sequence, key, key state, batch).
+        self._deadline_margin: float | None = None
+        self._uses_timer = False
+        if isinstance(policy, Duration):
+            self._deadline_margin = policy.deadline_margin
+            self._uses_timer = (
+                policy.delay_seconds != math.inf or policy.deadline_margin is not None
+            )
         self._timer_heap: list[tuple[float, int, K, KeyState[I, _Task], Batch[I, _Task]]] = []
-        self._uses_timer = isinstance(policy, Duration) and policy.delay_seconds != math.inf
         self._timer_scope: trio.CancelScope | None = None
         self._timer_task_scope: trio.CancelScope | None = None
         self._timer_seq = itertools.count()
@@ -191,6 +240,7 @@ class Batcher(Generic[K, I, O]):
             active_keys=len(self._keys),
             queued_items=sum(state.queued_items() for state in states),
             processing_batches=sum(state.started for state in states),
+            waiting_submits=sum(len(state.overflow) for state in states),
         )
 
     def __repr__(self) -> str:
@@ -218,15 +268,20 @@ class Batcher(Generic[K, I, O]):
         ``process`` (a batch left empty is dropped, releasing any resource).
         If it is cancelled after processing began, the batch carries on for the
         other callers, this caller's output is discarded, and it sees
-        :exc:`trio.Cancelled` at once.
+        :exc:`trio.Cancelled` at once. With ``Limits(overflow=Overflow.WAIT)``, a
+        caller waiting for room that is cancelled leaves no trace.
 
         Returns:
-            The output that ``process`` returned at this item's position.
+            The output that ``process`` returned at this item's position (for an
+            ``outcome.Value(v)`` output, ``v``).
 
         Raises:
-            Rejected: the key's queue is full; the item was not queued.
+            Rejected: the key's queue is full (with ``Overflow.REJECT``); the item
+                was not queued.
             BatchFailed: ``process`` (or releasing the resource) raised; the
                 exception is ``__cause__``.
+            ItemFailed: ``process`` returned ``outcome.Error(exc)`` for this item;
+                ``exc`` is ``__cause__``.
             ResourceAcquisitionFailed: entering ``acquire(key)`` raised; the
                 exception is ``__cause__``.
             ProcessorContractError: ``process`` returned the wrong number of
@@ -250,18 +305,27 @@ class Batcher(Generic[K, I, O]):
         if state is None:
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
-        batch = state.add(item, task, self._policy, self._limits)
+        dispatch = self._dispatch
+        meta = None if dispatch is None else (next(self._item_ids), trio.current_time())
+        # Waiters for room are ahead of this item (FIFO): it may not jump them.
+        batch = None if state.overflow else state.add(item, task, self._policy, self._limits, meta)
         if batch is None:
+            if self._wait_for_room:
+                return await self._wait_in_overflow(key, state, item, task, meta)
+            self._forget_if_idle(key, state)
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise Rejected(
                 f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
                 f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
             )
+        if dispatch is not None:
+            assert meta is not None
+            dispatch.emit("item_accepted", ItemAccepted(self._name, key, meta[0], meta[1]))
         if batch.state == WAITING:
-            # A batch that holds one item after an add is new (a batch never
-            # shrinks to 0 and comes back): its timer starts now.
-            if self._uses_timer and len(batch.inputs) == 1:
-                self._add_timer(key, state, batch)
+            if self._uses_timer:
+                self._set_timer(key, state, batch, self._caller_deadline())
             if state.started < self._limits.max_key_concurrency:
                 self._start_ready(key, state, after_finish=False)
 
@@ -271,7 +335,37 @@ class Batcher(Generic[K, I, O]):
 
         return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
+    async def _wait_in_overflow(
+        self,
+        key: K,
+        state: KeyState[I, _Task],
+        item: I,
+        task: _Task,
+        meta: tuple[int, float] | None,
+    ) -> O:
+        """Park a caller until its key has room (``Overflow.WAIT``)."""
+        waiter = _OverflowWaiter(self._caller_deadline() if self._uses_timer else math.inf)
+        waiter.entry = (item, task, meta, waiter)
+        state.overflow.append(waiter.entry)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if waiter.batch is None:
+                state.overflow.remove(waiter.entry)
+                self._forget_if_idle(key, state)
+            else:
+                self._withdraw(key, state, waiter.batch, task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
     # -- scheduling ------------------------------------------------------------
+
+    def _caller_deadline(self) -> float:
+        """The calling task's deadline less the margin, if deadlines count."""
+        margin = self._deadline_margin
+        if margin is None:
+            return math.inf
+        return trio.current_effective_deadline() - margin
 
     def _start_ready(self, key: K, state: KeyState[I, _Task], *, after_finish: bool) -> None:
         """Spawn a task for every batch of ``key`` that may start now."""
@@ -279,10 +373,27 @@ class Batcher(Generic[K, I, O]):
             return
         nursery = self._nursery
         assert nursery is not None
-        for batch in state.start_ready(
+        started_before = state.started
+        started = state.start_ready(
             self._policy, self._limits, after_finish=after_finish, draining=self._draining
-        ):
+        )
+        for index, batch in enumerate(started):
+            if self._dispatch is not None:
+                self._observe_start(key, batch, started_before + index, after_finish and not index)
             nursery.start_soon(self._run_batch, key, state, batch)
+
+    def _admit(self, key: K, state: KeyState[I, _Task]) -> None:
+        """Move callers waiting for room into batches while there is room."""
+        for waiter, batch in state.admit(self._policy, self._limits):
+            waiter.batch = batch
+            if self._dispatch is not None and batch.meta:
+                item_id = batch.meta[-1][0]
+                now = trio.current_time()
+                self._dispatch.emit("item_accepted", ItemAccepted(self._name, key, item_id, now))
+            if batch.state == WAITING:
+                if self._uses_timer:
+                    self._set_timer(key, state, batch, waiter.deadline)
+                self._start_ready(key, state, after_finish=False)
 
     def _forget_if_idle(self, key: K, state: KeyState[I, _Task]) -> None:
         if state.is_idle() and self._keys.get(key) is state:
@@ -297,19 +408,40 @@ class Batcher(Generic[K, I, O]):
             # Processing has begun: the batch carries on, the output is discarded.
             state.abandon(batch, task)
             return
-        if state.withdraw(batch, task):
-            # Dropped. A started batch still holds its slot: stop its
-            # acquisition; its task's ``finally`` frees the slot.
-            if batch.scope is not None:
-                batch.scope.cancel()
-            self._start_ready(key, state, after_finish=False)
-            self._forget_if_idle(key, state)
+        if self._dispatch is not None:
+            item_id, accepted_at = batch.meta[batch.waiters.index(task)]
+            now = trio.current_time()
+            self._dispatch.emit(
+                "item_withdrawn", ItemWithdrawn(self._name, key, item_id, now, now - accepted_at)
+            )
+        if state.withdraw(batch, task) and batch.scope is not None:
+            # Dropped while started: stop its acquisition. Its task's
+            # ``finally`` frees the slot.
+            batch.scope.cancel()
+        if state.overflow:
+            self._admit(key, state)
+        self._start_ready(key, state, after_finish=False)
+        self._forget_if_idle(key, state)
 
-    def _add_timer(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
-        policy = self._policy
-        assert isinstance(policy, Duration)
-        deadline = trio.current_time() + policy.delay_seconds
+    def _set_timer(
+        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], caller_deadline: float
+    ) -> None:
+        """Give a new batch its timer, or move a batch's timer earlier for a caller."""
+        if len(batch.inputs) == 1:
+            # A batch holding one item after an add is new (a batch never
+            # shrinks to 0 and comes back): its timer starts now.
+            assert isinstance(self._policy, Duration)
+            deadline = trio.current_time() + self._policy.delay_seconds
+        else:
+            deadline = batch.deadline
+        if caller_deadline < deadline:
+            deadline = caller_deadline
+            batch.early = True
+        elif deadline == batch.deadline:
+            return
         batch.deadline = deadline
+        if deadline == math.inf:
+            return
         heapq.heappush(self._timer_heap, (deadline, next(self._timer_seq), key, state, batch))
         scope = self._timer_scope
         if scope is not None and deadline < scope.deadline:
@@ -323,10 +455,11 @@ class Batcher(Generic[K, I, O]):
             while True:
                 now = trio.current_time()
                 while heap and heap[0][0] <= now:
-                    _, _, key, state, batch = heapq.heappop(heap)
+                    deadline, _, key, state, batch = heapq.heappop(heap)
                     # A timer belongs to one batch: if that batch has started,
-                    # been processed or dropped, or its key forgotten, do nothing.
-                    if batch.state == WAITING:
+                    # been processed or dropped, or its key forgotten, or its
+                    # timer moved, this entry does nothing.
+                    if batch.state == WAITING and batch.deadline == deadline:
                         batch.expired = True
                         if state.started < self._limits.max_key_concurrency:
                             self._start_ready(key, state, after_finish=False)
@@ -336,6 +469,16 @@ class Batcher(Generic[K, I, O]):
 
     # -- running a batch -------------------------------------------------------
 
+    def _begin_processing(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> bool:
+        """Take the batch out of the queue (no item joins or leaves it after this)."""
+        if not state.begin_processing(batch):
+            return False
+        if self._dispatch is not None:
+            batch.processing_at = trio.current_time()
+        if state.overflow:
+            self._admit(key, state)
+        return True
+
     async def _run_batch(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
         """Acquire, process and deliver one started batch; always frees its slot."""
         result: Sequence[Any] | _Failure | None = None
@@ -344,7 +487,7 @@ class Batcher(Generic[K, I, O]):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._acquire is not None:
                 result = await self._acquire_and_process(key, state, batch)
-            elif state.begin_processing(batch):
+            elif self._begin_processing(key, state, batch):
                 try:
                     result = await self._call_process(key, batch.inputs, ())
                 except Exception as exc:
@@ -359,7 +502,13 @@ class Batcher(Generic[K, I, O]):
                     f"batcher {self._name!r} was closed before the batch completed",
                     None,
                 )
-            self._deliver(waiters, result)
+            failed_items = self._deliver(waiters, result)
+            if self._dispatch is not None:
+                self._observe_finish(key, batch, waiters, result, failed_items)
+            if type(result) is _Failure and result.error_type is not BatcherClosed:
+                logger.warning("%s", result.message)
+            if state.overflow:
+                self._admit(key, state)
             if not self._torn_down and trio.current_effective_deadline() != -math.inf:
                 self._start_ready(key, state, after_finish=True)
             self._forget_if_idle(key, state)
@@ -379,7 +528,7 @@ class Batcher(Generic[K, I, O]):
                 batch.scope = scope
                 async with self._acquire(key) as resource:
                     batch.scope = None
-                    if not state.begin_processing(batch):
+                    if not self._begin_processing(key, state, batch):
                         return None  # dropped while acquiring: release, no process
                     processing = True
                     try:
@@ -416,16 +565,83 @@ class Batcher(Generic[K, I, O]):
         return _Failure(error_type, f"{what} {type(exc).__name__}: {exc} ({where})", exc)
 
     @staticmethod
-    def _deliver(waiters: list[_Task | None], result: Sequence[Any] | _Failure) -> None:
+    def _deliver(waiters: list[_Task | None], result: Sequence[Any] | _Failure) -> int:
+        """Reschedule every waiting caller with its outcome; return items failed alone."""
         reschedule = trio.lowlevel.reschedule
+        Value = outcome.Value
         if type(result) is _Failure:
             for task in waiters:
                 if task is not None:
                     reschedule(task, outcome.Error(result.new_error()))
-        else:
-            for task, output in zip(waiters, result, strict=True):
+            return 0
+        failed = 0
+        for task, output in zip(waiters, result, strict=True):
+            kind = type(output)
+            if kind is Value:
+                output = output.value
+            elif kind is outcome.Error:
+                failed += 1
                 if task is not None:
-                    reschedule(task, outcome.Value(output))
+                    error = ItemFailed(f"process failed this item: {output.error!r}")
+                    error.__cause__ = output.error
+                    reschedule(task, outcome.Error(error))
+                continue
+            if task is not None:
+                reschedule(task, Value(output))
+        return failed
+
+    # -- observation -------------------------------------------------------------
+
+    def _observe_start(
+        self, key: K, batch: Batch[I, _Task], started: int, after_finish: bool
+    ) -> None:
+        assert self._dispatch is not None
+        reason = start_reason(self._policy, batch, started=started, after_finish=after_finish)
+        batch.reason = reason
+        batch.started_at = now = trio.current_time()
+        ids = tuple(item_id for item_id, _ in batch.meta)
+        self._dispatch.emit(
+            "batch_started", BatchStarted(self._name, key, len(batch.inputs), reason, ids, now)
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "batcher %r: batch of %d for key %s started (%s)",
+                self._name,
+                len(batch.inputs),
+                _key_repr.repr(key),
+                reason.value,
+            )
+
+    def _observe_finish(
+        self,
+        key: K,
+        batch: Batch[I, _Task],
+        waiters: list[_Task | None],
+        result: Sequence[Any] | _Failure,
+        failed_items: int,
+    ) -> None:
+        assert self._dispatch is not None
+        now = trio.current_time()
+        processed = batch.processing_at is not None
+        began = batch.processing_at if batch.processing_at is not None else now
+        status = _OUTCOMES[result.error_type] if type(result) is _Failure else BatchOutcome.OK
+        self._dispatch.emit(
+            "batch_finished",
+            BatchFinished(
+                batcher=self._name,
+                key=key,
+                size=len(batch.inputs) if processed else 0,
+                reason=batch.reason,
+                item_ids=tuple(item_id for item_id, _ in batch.meta),
+                queue_waits=tuple(began - accepted for _, accepted in batch.meta),
+                acquire_seconds=began - batch.started_at,
+                process_seconds=now - began,
+                outcome=status,
+                failed_items=failed_items,
+                abandoned=waiters.count(None) if processed else 0,
+                time=now,
+            ),
+        )
 
     # -- the block ---------------------------------------------------------------
 
@@ -457,14 +673,22 @@ class Batcher(Generic[K, I, O]):
         self._draining = False
         keys = self._keys
         self._keys = {}
+        closed = _Failure(BatcherClosed, f"batcher {self._name!r} was closed", None)
         for state in keys.values():
             for batch in state.queued_batches():
-                self._deliver(
-                    batch.waiters,
-                    _Failure(BatcherClosed, f"batcher {self._name!r} was closed", None),
-                )
+                self._deliver(batch.waiters, closed)
                 batch.waiters = []
                 batch.inputs = []
+            self._deliver([task for _, task, _, _ in state.overflow], closed)
+            state.overflow.clear()
+
+
+_OUTCOMES = {
+    BatchFailed: BatchOutcome.FAILED,
+    ProcessorContractError: BatchOutcome.CONTRACT_ERROR,
+    ResourceAcquisitionFailed: BatchOutcome.ACQUIRE_FAILED,
+    BatcherClosed: BatchOutcome.CANCELLED,
+}
 
 
 @overload
@@ -475,6 +699,7 @@ def open_batcher(
     policy: Policy = ...,
     limits: Limits = ...,
     name: str = ...,
+    observers: Iterable[Observer] = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -486,6 +711,7 @@ def open_batcher(
     policy: Policy = ...,
     limits: Limits = ...,
     name: str = ...,
+    observers: Iterable[Observer] = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -496,6 +722,7 @@ def open_batcher(
     policy: Policy = Immediate(),  # noqa: B008 - frozen value, safe to share
     limits: Limits = Limits(),  # noqa: B008 - frozen value, safe to share
     name: str = "batcher",
+    observers: Iterable[Observer] = (),
 ) -> AbstractAsyncContextManager[Batcher[Any, Any, O]]:
     """Open a batcher whose tasks live inside the ``async with`` block.
 
@@ -518,7 +745,10 @@ def open_batcher(
         policy: when batches start: :class:`Immediate` (default), :class:`Size`,
             :class:`Duration` or :class:`Balanced`.
         limits: a :class:`Limits` value.
-        name: used in error messages and ``repr``.
+        name: used in logs, error messages, metrics and ``repr``.
+        observers: objects implementing any of the :class:`Observer` hooks;
+            each receives an event for every decision the batcher makes. With
+            none (the default), observation costs nothing.
 
     Leaving the block is shutdown. If the body returns normally, the batcher
     *drains*: new :meth:`~Batcher.submit` calls raise :exc:`BatcherClosed`,
@@ -550,7 +780,9 @@ def open_batcher(
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     check_compatible(policy, limits)
-    return _open(Batcher(process, acquire, policy, limits, name))
+    if not isinstance(observers, Iterable):
+        raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
+    return _open(Batcher(process, acquire, policy, limits, name, tuple(observers)))
 
 
 @asynccontextmanager
@@ -570,10 +802,13 @@ async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
                 batcher._begin_drain()
     except BaseExceptionGroup as group:
         # Our nursery's own tasks only raise BaseExceptions that are not
-        # Exceptions (process raised KeyboardInterrupt, or cancellation from
-        # outside). Never hand the caller a group made by our nursery.
-        if body_error is not None and group.split(trio.Cancelled)[1] is None:
-            _reraise(body_error)  # only teardown's own cancellations: the body's error wins
+        # Exceptions (process raised KeyboardInterrupt, or a cancellation from
+        # outside reached them). Never hand the caller a group made by our nursery.
+        _, rest = group.split(trio.Cancelled)
+        if rest is None:
+            # Only cancellations: the body's own error wins; otherwise one
+            # Cancelled stands for all (the enclosing scope catches it the same).
+            _reraise(body_error if body_error is not None else _first_leaf(group))
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             _reraise(group.exceptions[0])
         raise
@@ -581,6 +816,11 @@ async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
         batcher._close()
     if body_error is not None:
         raise body_error
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _reraise(error: BaseException) -> None:

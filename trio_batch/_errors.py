@@ -13,6 +13,7 @@ __all__ = [
     "BatchError",
     "BatchFailed",
     "BatcherClosed",
+    "ItemFailed",
     "ProcessorContractError",
     "Rejected",
     "ResourceAcquisitionFailed",
@@ -42,6 +43,15 @@ class BatchFailed(BatchError):
 
     ``__cause__`` is the exception from user code. Every caller of the batch gets
     its own :exc:`BatchFailed`; other batches are not affected.
+    """
+
+
+class ItemFailed(BatchError):
+    """``process`` failed this caller's item alone.
+
+    ``process`` returned ``outcome.Error(exc)`` at this item's position (instead
+    of an output); ``__cause__`` is ``exc``. The other callers of the batch got
+    their outputs: one bad item does not fail the batch.
     """
 
 

@@ -11,6 +11,8 @@ Shape of a key::
     waiting:  deque of batches that have not started      (oldest first)
     starting: list of batches started but not processing  (oldest first)
     started:  number of started batches (starting + processing)
+    overflow: deque of (item, waiter, meta, tag) that found no room, with
+              Overflow.WAIT (oldest first)
 
 The spec's *queue* is ``starting + waiting``: a batch leaves it when its
 ``process`` call begins (or it is dropped), not when it starts. Because batches
@@ -23,14 +25,16 @@ Invariants (checked by the state machine):
 * ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
 * ``len(starting) <= started <= limits.max_key_concurrency``
 * ``0 < batch.size <= limits.max_batch_size`` for every queued batch
-* a key whose queue is empty and whose ``started`` is 0 is *idle* and must be
-  forgotten by its owner at once (``is_idle``).
+* ``overflow`` is non-empty only while the key has no room for its head
+  (:meth:`KeyState.admit` is called after every change that can make room)
+* a key whose queue and overflow are empty and whose ``started`` is 0 is
+  *idle* and must be forgotten by its owner at once (``is_idle``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._policies import Limits, Policy, rejects_when_full
 
@@ -56,7 +60,20 @@ class Batch(Generic[I, W]):
     the output positions stay aligned with ``inputs``.
     """
 
-    __slots__ = ("deadline", "expired", "filled", "inputs", "scope", "state", "waiters")
+    __slots__ = (
+        "deadline",
+        "early",
+        "expired",
+        "filled",
+        "inputs",
+        "meta",
+        "processing_at",
+        "reason",
+        "scope",
+        "started_at",
+        "state",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.inputs: list[I] = []
@@ -68,8 +85,16 @@ class Batch(Generic[I, W]):
         self.expired = False
         #: When its Duration timer fires (set by the batcher; inf without one).
         self.deadline = float("inf")
+        #: A caller's deadline moved the timer earlier than the policy's delay.
+        self.early = False
         #: The batch task's cancel scope, set by the batcher while it acquires.
         self.scope: trio.CancelScope | None = None
+        #: Observed batchers only: (item id, submit time) per input, aligned
+        #: with ``inputs`` until processing begins; start time and reason.
+        self.meta: list[tuple[int, float]] = []
+        self.started_at = 0.0
+        self.processing_at: float | None = None
+        self.reason: Any = None
 
     @property
     def size(self) -> int:
@@ -84,18 +109,20 @@ class Batch(Generic[I, W]):
 class KeyState(Generic[I, W]):
     """The queue and started-batch count of one key."""
 
-    __slots__ = ("started", "starting", "waiting")
+    __slots__ = ("overflow", "started", "starting", "waiting")
 
     def __init__(self) -> None:
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
+        # (item, waiter, meta, tag): tag is the batcher's own record of the waiter.
+        self.overflow: deque[tuple[I, W, tuple[int, float] | None, Any]] = deque()
 
     # -- queries ---------------------------------------------------------------
 
     def is_idle(self) -> bool:
-        """Nothing queued and nothing started: the owner must forget this key."""
-        return not self.started and not self.waiting and not self.starting
+        """Nothing queued, started or waiting for room: the owner must forget this key."""
+        return not self.started and not self.waiting and not self.starting and not self.overflow
 
     def queued_items(self) -> int:
         """Items in batches that have not begun processing."""
@@ -107,12 +134,19 @@ class KeyState(Generic[I, W]):
 
     # -- transitions ---------------------------------------------------------
 
-    def add(self, item: I, waiter: W, policy: Policy, limits: Limits) -> Batch[I, W] | None:
-        """Put ``item`` in the newest queued batch, or a new one; ``None`` means rejected.
+    def add(
+        self,
+        item: I,
+        waiter: W,
+        policy: Policy,
+        limits: Limits,
+        meta: tuple[int, float] | None = None,
+    ) -> Batch[I, W] | None:
+        """Put ``item`` in the newest queued batch, or a new one; ``None`` means no room.
 
         A new batch is appended to ``waiting`` (the caller must then give it a
-        timer if the policy has one, and call :meth:`start_ready`). On
-        rejection nothing changes.
+        timer if the policy has one, and call :meth:`start_ready`). When there
+        is no room nothing changes. ``meta`` is kept aligned with the inputs.
         """
         if self.waiting:
             newest: Batch[I, W] | None = self.waiting[-1]
@@ -129,6 +163,8 @@ class KeyState(Generic[I, W]):
             self.waiting.append(newest)
         newest.inputs.append(item)
         newest.waiters.append(waiter)
+        if meta is not None:
+            newest.meta.append(meta)
         if len(newest.inputs) >= limits.max_batch_size:
             newest.filled = True
         return newest
@@ -195,6 +231,8 @@ class KeyState(Generic[I, W]):
         index = batch.waiters.index(waiter)
         del batch.waiters[index]
         del batch.inputs[index]
+        if batch.meta:
+            del batch.meta[index]
         if batch.inputs:
             return False
         if batch.state == WAITING:
@@ -209,3 +247,22 @@ class KeyState(Generic[I, W]):
     def abandon(self, batch: Batch[I, W], waiter: W) -> None:
         """A waiter of a processing batch gave up; its output will be discarded."""
         batch.waiters[batch.waiters.index(waiter)] = None
+
+    # -- waiting for room (Overflow.WAIT) ----------------------------------------
+
+    def admit(self, policy: Policy, limits: Limits) -> list[tuple[Any, Batch[I, W]]]:
+        """Move overflow waiters into batches, oldest first, while there is room.
+
+        Returns ``(tag, batch)`` for each admitted waiter. Stops at the first
+        that still finds no room, so waiters are admitted in FIFO order.
+        """
+        admitted: list[tuple[Any, Batch[I, W]]] = []
+        overflow = self.overflow
+        while overflow:
+            item, waiter, meta, tag = overflow[0]
+            batch = self.add(item, waiter, policy, limits, meta)
+            if batch is None:
+                break
+            overflow.popleft()
+            admitted.append((tag, batch))
+        return admitted

@@ -41,8 +41,10 @@ __all__ = [
     "Immediate",
     "Limits",
     "OnFull",
+    "Overflow",
     "Policy",
     "Size",
+    "StartReason",
 ]
 
 
@@ -61,6 +63,10 @@ class BatchFacts(Protocol):
     def expired(self) -> bool:
         """The batch's ``Duration`` timer has expired."""
 
+    @property
+    def early(self) -> bool:
+        """A caller's deadline moved the batch's timer earlier than its delay."""
+
 
 def _check_int_at_least_1(_inst: object, attribute: attrs.Attribute[int], value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
@@ -72,6 +78,19 @@ def _check_int_at_least_1(_inst: object, attribute: attrs.Attribute[int], value:
 def _resolve_queue_size(value: int | None, self: Any) -> int:
     # Resolved at construction, so the value you read is the value in force.
     return 2 * self.max_key_concurrency if value is None else value
+
+
+class Overflow(enum.Enum):
+    """What :meth:`~trio_batch.Batcher.submit` does when its key has no room."""
+
+    #: Raise :exc:`~trio_batch.Rejected` at once; nothing is queued (the default).
+    REJECT = "reject"
+    #: Wait until the key's queue has room, then join it. Waiters of one key are
+    #: admitted first come, first served, ahead of later arrivals. Waiting is
+    #: cancellable and leaves no trace; on drain, waiters are admitted as the
+    #: queue empties; if the block is torn down they get
+    #: :exc:`~trio_batch.BatcherClosed`. Backpressure instead of rejection.
+    WAIT = "wait"
 
 
 @final
@@ -88,6 +107,8 @@ class Limits:
             that would need one more batch is :exc:`~trio_batch.Rejected`.
             Defaults to ``2 * max_key_concurrency``, resolved at construction, so
             ``Limits().max_batch_queue_size == 20``.
+        overflow: what happens to an item that finds no room:
+            :attr:`Overflow.REJECT` (default) or :attr:`Overflow.WAIT`.
 
     Raises:
         ValueError: a value is less than 1.
@@ -100,6 +121,9 @@ class Limits:
         default=None,
         converter=attrs.Converter(_resolve_queue_size, takes_self=True),  # type: ignore[misc]
         validator=_check_int_at_least_1,
+    )
+    overflow: Overflow = attrs.field(
+        default=Overflow.REJECT, validator=attrs.validators.instance_of(Overflow)
     )
 
 
@@ -143,11 +167,16 @@ class Size:
         return batch.filled
 
 
-def _check_delay(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _check_delay(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _check_margin(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _check_delay(instance, attribute, value)
 
 
 @final
@@ -167,15 +196,24 @@ class Duration:
             :attr:`OnFull.PROCESS` (default): it is ready at once.
             :attr:`OnFull.REJECT`: it still waits for its timer, and items that
             arrive while the newest batch is full are rejected.
+        deadline_margin: deadline awareness. A caller's effective Trio deadline
+            (:func:`trio.current_effective_deadline` when it calls ``submit``)
+            moves its batch's timer earlier, to ``deadline - deadline_margin``, if
+            that is before the timer; so a caller's timeout shortens the wait
+            instead of turning into a cancellation. Set it to about the time
+            ``process`` takes, so the output arrives before the deadline. A
+            batch's timer only ever moves earlier (a caller that withdraws does
+            not move it back). ``None`` ignores callers' deadlines. Default 0.
 
     Raises:
-        ValueError: ``delay_seconds`` is negative or NaN.
+        ValueError: ``delay_seconds`` or ``deadline_margin`` is negative or NaN.
     """
 
     delay_seconds: float = attrs.field(validator=_check_delay)
     on_full: OnFull = attrs.field(
         default=OnFull.PROCESS, validator=attrs.validators.instance_of(OnFull)
     )
+    deadline_margin: float | None = attrs.field(default=0.0, validator=_check_margin, kw_only=True)
 
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return batch.expired or (batch.filled and self.on_full is OnFull.PROCESS)
@@ -204,6 +242,44 @@ class Balanced:
 
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return after_finish or started == 0 or batch.size >= self.min_size_hint
+
+
+class StartReason(enum.Enum):
+    """Why a batch started (reported to observers)."""
+
+    #: It became full (``Size``, ``Duration``) or reached ``max_batch_size``.
+    FULL = "full"
+    #: Its ``Duration`` timer expired.
+    TIMER = "timer"
+    #: A caller's deadline moved its ``Duration`` timer earlier, and that expired.
+    DEADLINE = "deadline"
+    #: ``Immediate``, or ``Balanced`` with no batch of the key started.
+    IMMEDIATE = "immediate"
+    #: ``Balanced``: it reached ``min_size_hint`` items.
+    HINT = "hint"
+    #: A batch of its key finished and freed a slot (``Immediate``, ``Balanced``).
+    FINISH = "finish"
+    #: The block exited normally: every queued batch is ready.
+    DRAIN = "drain"
+
+
+def start_reason(
+    policy: Policy, batch: BatchFacts, *, started: int, after_finish: bool
+) -> StartReason:
+    """Why ``batch`` is starting, given the facts the policy was asked about."""
+    if not policy._may_start(batch, started=started, after_finish=after_finish):
+        return StartReason.DRAIN  # only a drain starts a batch the policy holds back
+    if after_finish and isinstance(policy, Immediate | Balanced):
+        return StartReason.FINISH
+    if isinstance(policy, Size):
+        return StartReason.FULL
+    if isinstance(policy, Duration):
+        if batch.expired:
+            return StartReason.DEADLINE if batch.early else StartReason.TIMER
+        return StartReason.FULL
+    if isinstance(policy, Immediate) or started == 0:
+        return StartReason.IMMEDIATE
+    return StartReason.HINT
 
 
 #: Any of the four batching policies.

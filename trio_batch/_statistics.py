@@ -27,3 +27,5 @@ class BatcherStatistics:
     queued_items: int
     #: Started batches: acquiring their resource or processing.
     processing_batches: int
+    #: Callers waiting for room in their key's queue (``Overflow.WAIT``).
+    waiting_submits: int = 0

@@ -1,0 +1,199 @@
+"""Observers: a typed hook for every decision a batcher makes, free when unused.
+
+A batcher built with ``observers=()`` (the default) builds no event and reads
+no clock for observation: the hot path pays one truth test. With observers, each
+hook receives an immutable event as the decision happens, synchronously, in the
+task where it happens: ``item_accepted`` / ``item_rejected`` in the caller's task
+(so an observer can read the caller's context, e.g. its tracing span),
+``batch_started`` where the policy decided, ``batch_finished`` in the batch's
+task after every caller has its outcome.
+
+An observer that raises is logged (``trio_batch`` logger, with traceback) and
+removed from that batcher: observation can never break batching. Hooks must
+not block; they are plain functions, not coroutines.
+
+Items are identified by ``item_id``, an integer unique within one batcher, so an
+observer can connect an item's acceptance with the batch it ends up in.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol, final
+
+import attrs
+
+from ._policies import StartReason
+
+__all__ = [
+    "BatchFinished",
+    "BatchOutcome",
+    "BatchStarted",
+    "ItemAccepted",
+    "ItemRejected",
+    "ItemWithdrawn",
+    "Observer",
+]
+
+logger = logging.getLogger("trio_batch")
+
+
+class BatchOutcome(enum.Enum):
+    """How a started batch ended (in :class:`BatchFinished`)."""
+
+    #: ``process`` returned a valid sequence (some items may still have failed
+    #: individually; see :attr:`BatchFinished.failed_items`).
+    OK = "ok"
+    #: ``process`` (or releasing the resource) raised: callers got BatchFailed.
+    FAILED = "failed"
+    #: ``process`` broke its contract: callers got ProcessorContractError.
+    CONTRACT_ERROR = "contract_error"
+    #: Entering ``acquire(key)`` raised: callers got ResourceAcquisitionFailed.
+    ACQUIRE_FAILED = "acquire_failed"
+    #: The batch was dropped (every caller withdrew while it was acquiring) or
+    #: torn down with the block (its callers got BatcherClosed).
+    CANCELLED = "cancelled"
+
+
+@final
+@attrs.frozen
+class ItemAccepted:
+    """An item joined a batch (for ``Overflow.WAIT``: when it was admitted)."""
+
+    batcher: str
+    key: Any
+    item_id: int
+    #: ``trio.current_time()`` when it was accepted.
+    time: float
+
+
+@final
+@attrs.frozen
+class ItemRejected:
+    """An item was rejected with :exc:`~trio_batch.Rejected`; nothing was queued."""
+
+    batcher: str
+    key: Any
+    time: float
+
+
+@final
+@attrs.frozen
+class ItemWithdrawn:
+    """A caller was cancelled before its item's batch began processing."""
+
+    batcher: str
+    key: Any
+    item_id: int
+    time: float
+    #: Seconds between the item's acceptance and its withdrawal.
+    waited: float
+
+
+@final
+@attrs.frozen
+class BatchStarted:
+    """A batch started: it will now acquire its resource (if any) and be processed."""
+
+    batcher: str
+    key: Any
+    #: Items in the batch when it started (it may still grow until processing).
+    size: int
+    reason: StartReason
+    item_ids: tuple[int, ...]
+    time: float
+
+
+@final
+@attrs.frozen
+class BatchFinished:
+    """A started batch ended; every caller of it has its outcome."""
+
+    batcher: str
+    key: Any
+    #: Items passed to ``process`` (0 if it never got that far).
+    size: int
+    reason: StartReason
+    item_ids: tuple[int, ...]
+    #: Per item, seconds from acceptance until the batch started.
+    queue_waits: tuple[float, ...]
+    #: Seconds from start until ``process`` was called (acquiring the resource).
+    acquire_seconds: float
+    #: Seconds ``process`` (and releasing the resource) took; 0 if not called.
+    process_seconds: float
+    outcome: BatchOutcome
+    #: Items that ``process`` failed individually (``outcome.Error`` outputs).
+    failed_items: int
+    #: Callers cancelled after processing began (their outputs were discarded).
+    abandoned: int
+    time: float
+
+
+class Observer(Protocol):
+    """Receives a batcher's events. Implement any of the hooks.
+
+    Subclass it to inherit no-op hooks and override only those you need, or
+    implement the methods structurally. Hooks run synchronously and must not
+    block. See :mod:`trio_batch.contrib` for Prometheus and OpenTelemetry.
+    """
+
+    def item_accepted(self, event: ItemAccepted) -> None:
+        """An item joined a batch."""
+
+    def item_rejected(self, event: ItemRejected) -> None:
+        """An item was rejected."""
+
+    def item_withdrawn(self, event: ItemWithdrawn) -> None:
+        """A caller withdrew its item before processing began."""
+
+    def batch_started(self, event: BatchStarted) -> None:
+        """A batch started."""
+
+    def batch_finished(self, event: BatchFinished) -> None:
+        """A started batch ended."""
+
+
+_HOOKS = ("item_accepted", "item_rejected", "item_withdrawn", "batch_started", "batch_finished")
+
+
+@final
+class Dispatch:
+    """The observers of one batcher, as a list of bound hooks per event."""
+
+    __slots__ = ("_hooks", "_name")
+
+    def __init__(self, name: str, observers: Iterable[object]) -> None:
+        self._name = name
+        self._hooks: dict[str, list[tuple[object, Any]]] = {hook: [] for hook in _HOOKS}
+        for observer in observers:
+            found = False
+            for hook in _HOOKS:
+                method = getattr(observer, hook, None)
+                if method is not None:
+                    if not callable(method):
+                        raise TypeError(f"observer {observer!r}: {hook} must be callable")
+                    self._hooks[hook].append((observer, method))
+                    found = True
+            if not found:
+                raise TypeError(
+                    f"observer {observer!r} implements none of the hooks {', '.join(_HOOKS)}"
+                )
+
+    def emit(self, hook: str, event: object) -> None:
+        for observer, method in self._hooks[hook]:
+            try:
+                method(event)
+            except Exception:
+                logger.exception(
+                    "batcher %r: observer %r raised in %s and was removed",
+                    self._name,
+                    observer,
+                    hook,
+                )
+                self._remove(observer)
+
+    def _remove(self, observer: object) -> None:
+        for hook, entries in self._hooks.items():
+            self._hooks[hook] = [entry for entry in entries if entry[0] is not observer]
