@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "types"]
+nox.options.sessions = ["tests", "lint", "types", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 # Pinned so a new release of a checker cannot break a build that did not change.
@@ -16,7 +16,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite (virtual time; property tests use the 'ci' profile)."""
-    session.install("-e", ".[test,sim]")
+    session.install("-e", ".[test,sim,prometheus,opentelemetry]", "opentelemetry-sdk")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -31,8 +31,17 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
     """mypy --strict on the package, the tests, the examples and this file."""
-    session.install("-e", ".[test,sim]", MYPY, "nox")
+    session.install("-e", ".[test,sim,prometheus,opentelemetry]", "opentelemetry-sdk", MYPY, "nox")
     session.run("mypy", "--strict", "trio_batch", "tests", "examples", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site with warnings as errors (nitpicky)."""
+    session.install("-e", ".[docs,sim,prometheus,opentelemetry]")
+    session.run(
+        "sphinx-build", "-n", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 @nox.session(python=PYTHON)

@@ -156,6 +156,7 @@ class Batcher(Generic[K, I, O]):
     __slots__ = (
         "__weakref__",
         "_acquire",
+        "_batch_seconds",
         "_closed",
         "_deadline_margin",
         "_dispatch",
@@ -205,6 +206,9 @@ class Batcher(Generic[K, I, O]):
         self._torn_down = False
         # Duration timers: (deadline, sequence, key, key state, batch).
         self._deadline_margin: float | None = None
+        # Deadline awareness: moving average of how long a batch takes from its
+        # start to its end (None until one has finished).
+        self._batch_seconds: float | None = None
         self._uses_timer = False
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
@@ -361,11 +365,16 @@ class Batcher(Generic[K, I, O]):
     # -- scheduling ------------------------------------------------------------
 
     def _caller_deadline(self) -> float:
-        """The calling task's deadline less the margin, if deadlines count."""
+        """When a batch must start for the calling task to get its output in time.
+
+        The task's effective deadline, less ``deadline_margin``, less the
+        batcher's moving average of batch durations; ``inf`` if deadlines
+        are ignored.
+        """
         margin = self._deadline_margin
         if margin is None:
             return math.inf
-        return trio.current_effective_deadline() - margin
+        return trio.current_effective_deadline() - margin - (self._batch_seconds or 0.0)
 
     def _start_ready(self, key: K, state: KeyState[I, _Task], *, after_finish: bool) -> None:
         """Spawn a task for every batch of ``key`` that may start now."""
@@ -482,6 +491,8 @@ class Batcher(Generic[K, I, O]):
     async def _run_batch(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
         """Acquire, process and deliver one started batch; always frees its slot."""
         result: Sequence[Any] | _Failure | None = None
+        timed = self._deadline_margin is not None
+        began = trio.current_time() if timed else 0.0
         try:
             # A batch spawned while the block is being cancelled must not begin.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -503,6 +514,12 @@ class Batcher(Generic[K, I, O]):
                     None,
                 )
             failed_items = self._deliver(waiters, result)
+            if timed and batch.inputs and type(result) is not _Failure:
+                elapsed = trio.current_time() - began
+                average = self._batch_seconds
+                self._batch_seconds = (
+                    elapsed if average is None else average + _EWMA_WEIGHT * (elapsed - average)
+                )
             if self._dispatch is not None:
                 self._observe_finish(key, batch, waiters, result, failed_items)
             if type(result) is _Failure and result.error_type is not BatcherClosed:
@@ -682,6 +699,9 @@ class Batcher(Generic[K, I, O]):
             self._deliver([task for _, task, _, _ in state.overflow], closed)
             state.overflow.clear()
 
+
+#: Weight of the newest batch in the moving average of batch durations.
+_EWMA_WEIGHT = 0.2
 
 _OUTCOMES = {
     BatchFailed: BatchOutcome.FAILED,

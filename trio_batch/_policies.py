@@ -196,14 +196,21 @@ class Duration:
             :attr:`OnFull.PROCESS` (default): it is ready at once.
             :attr:`OnFull.REJECT`: it still waits for its timer, and items that
             arrive while the newest batch is full are rejected.
-        deadline_margin: deadline awareness. A caller's effective Trio deadline
-            (:func:`trio.current_effective_deadline` when it calls ``submit``)
-            moves its batch's timer earlier, to ``deadline - deadline_margin``, if
-            that is before the timer; so a caller's timeout shortens the wait
-            instead of turning into a cancellation. Set it to about the time
-            ``process`` takes, so the output arrives before the deadline. A
-            batch's timer only ever moves earlier (a caller that withdraws does
-            not move it back). ``None`` ignores callers' deadlines. Default 0.
+        deadline_margin: deadline awareness. When a caller's effective Trio
+            deadline (:func:`trio.current_effective_deadline` at ``submit``)
+            leaves too little time, its batch's timer moves earlier, to::
+
+                deadline - deadline_margin - recent_batch_seconds
+
+            where ``recent_batch_seconds`` is the batcher's exponential moving
+            average (weight 0.2 for the newest, seeded with the first) of the
+            time successful batches took from start to end, 0 until one has
+            finished. So a caller's
+            timeout shortens the wait instead of turning into a cancellation.
+            A batch's timer only ever moves earlier (a caller that withdraws
+            does not move it back); a time already past starts the batch at
+            once. ``None`` ignores callers' deadlines. Default 0 (rely on the
+            measured batch duration alone).
 
     Raises:
         ValueError: ``delay_seconds`` or ``deadline_margin`` is negative or NaN.
