@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -204,3 +205,37 @@ async def test_wait_with_on_full_reject_waits_for_the_timer(
                 await trio.testing.wait_all_tasks_blocked()
             assert b.statistics().waiting_submits == 1
     assert calls == [("k", [0, 1], 1.0), ("k", [2], 2.0)]
+
+
+async def test_batch_formed_by_admitting_several_waiters_gets_its_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: two waiters admitted at once formed a new Duration batch that
+    # never got a timer (it waited for the drain).
+    calls: Calls = []
+
+    @asynccontextmanager
+    async def slow_connect(key: str) -> AsyncIterator[None]:
+        await trio.sleep(2.0)
+        yield
+
+    async def process(key: str, inputs: list[int], resource: None) -> list[str]:
+        calls.append((key, list(inputs), trio.current_time()))
+        return [f"{key}:{item}" for item in inputs]
+
+    limits = tb.Limits(
+        max_batch_size=3, max_key_concurrency=2, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
+    )
+    async with trio.open_nursery() as nursery:
+        async with tb.open_batcher(
+            process, acquire=slow_connect, policy=tb.Duration(1.0), limits=limits
+        ) as b:
+            for item in range(5):
+                nursery.start_soon(b.submit, "k", item)
+                await trio.testing.wait_all_tasks_blocked()
+            # [0, 1, 2] is full and acquiring (still queued): 3 and 4 wait for room.
+            assert b.statistics().waiting_submits == 2
+            await trio.sleep(10)
+    # At t=2 the first batch is processed and 3, 4 are admitted together into a
+    # new batch, whose timer expires at t=3; it acquires for 2 s.
+    assert calls == [("k", [0, 1, 2], 2.0), ("k", [3, 4], 5.0)]

@@ -59,6 +59,9 @@ class KeyStateMachine(RuleBasedStateMachine):
         self.withdrawn: set[Item] = set()
         self.abandoned: set[Item] = set()
         self.processed: list[list[Item]] = []
+        # Overflow.WAIT: items that waited for room, in the order they arrived.
+        self.waited: list[Item] = []
+        self.admitted: list[Item] = []
         # The model's own record of batches that have held max_batch_size items.
         self.been_full: set[int] = set()
 
@@ -70,6 +73,7 @@ class KeyStateMachine(RuleBasedStateMachine):
                 max_batch_size=st.integers(1, 3),
                 max_key_concurrency=st.integers(1, 3),
                 max_batch_queue_size=st.integers(1, 4),
+                overflow=st.sampled_from(list(tb.Overflow)),
             ),
             label="limits",
         )
@@ -109,6 +113,23 @@ class KeyStateMachine(RuleBasedStateMachine):
     def queue(self) -> list[KeyBatch]:
         return self.state.queued_batches()
 
+    def admit(self) -> None:
+        """What the batcher does after every change that can make room."""
+        for tag, batch in self.state.admit(self.policy, self.limits):
+            self.admitted.append(tag)
+            self.after_add(tag, batch)
+
+    def after_add(self, item: Item, batch: KeyBatch) -> None:
+        self.submitted.append(item)
+        if batch.size == self.limits.max_batch_size:
+            self.been_full.add(id(batch))
+        if batch not in self.batches:
+            self.batches.append(batch)
+            if isinstance(self.policy, tb.Duration):
+                batch.deadline = self.now + self.policy.delay_seconds
+        if batch.state == WAITING:
+            self.run_policy()
+
     # -- rules ------------------------------------------------------------------
 
     @precondition(lambda self: not self.draining)
@@ -120,31 +141,32 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def submit_one(self) -> None:
         item = next(self.ids)
+        if self.state.overflow:
+            # Waiters for room are ahead: a newcomer joins the end of that line.
+            self.state.overflow.append((item, item, None, item))
+            self.waited.append(item)
+            return
         queue_before = self.queue()
         newest = queue_before[-1] if queue_before else None
         newest_full = newest is not None and newest.size >= self.limits.max_batch_size
         batch = self.state.add(item, item, self.policy, self.limits)
         if batch is None:
-            # Rejected only when a new batch was needed and none may be opened.
+            # No room only when a new batch was needed and none may be opened.
             assert newest_full
             rejects_full = (
                 isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
             )
             assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
+            if self.limits.overflow is tb.Overflow.WAIT:
+                self.state.overflow.append((item, item, None, item))
+                self.waited.append(item)
             return
-        self.submitted.append(item)
-        if batch.size == self.limits.max_batch_size:
-            self.been_full.add(id(batch))
         if newest is None or newest_full:
             assert batch not in queue_before, "a full batch was joined"
-            self.batches.append(batch)
-            if isinstance(self.policy, tb.Duration):
-                batch.deadline = self.now + self.policy.delay_seconds
         else:
             assert batch is newest, "the item did not join the newest batch"
-        if batch.state == WAITING:
-            self.run_policy()
+        self.after_add(item, batch)
 
     @rule(dt=st.sampled_from([0.5, 1.0, 3.0]))
     def advance_clock(self, dt: float) -> None:
@@ -163,6 +185,14 @@ class KeyStateMachine(RuleBasedStateMachine):
         assert batch.state == PROCESSING
         assert 0 < batch.size <= self.limits.max_batch_size
         self.processed.append(list(batch.inputs))
+        self.admit()
+
+    @precondition(lambda self: bool(self.state.overflow))
+    @rule(data=st.data())
+    def cancel_waiter(self, data: st.DataObject) -> None:
+        entry = data.draw(st.sampled_from(list(self.state.overflow)))
+        self.state.overflow.remove(entry)
+        self.waited.remove(entry[0])
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
@@ -177,6 +207,7 @@ class KeyStateMachine(RuleBasedStateMachine):
         if state_before == STARTING:
             # Acquisition failed: the batch never ran, every waiter is owed an error.
             assert waiters == batch.inputs
+        self.admit()
         self.run_policy(after_finish=True)
         if oldest is not None and isinstance(self.policy, tb.Immediate | tb.Balanced):
             # "When a batch finishes, the oldest queued batch starts, whatever its size."
@@ -197,6 +228,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert batch not in self.queue()
             if state_before == WAITING:
                 assert batch not in self.running
+        self.admit()
         self.run_policy()
 
     @precondition(lambda self: any(b.state == PROCESSING and any(b.waiters) for b in self.batches))
@@ -279,9 +311,31 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert oldest.size < policy.min_size_hint
 
     @invariant()
+    def waiters_wait_only_without_room(self) -> None:
+        overflow = self.state.overflow
+        if self.limits.overflow is tb.Overflow.REJECT:
+            assert not overflow
+            return
+        # Admitted first come, first served.
+        assert self.admitted == [i for i in self.waited if i in set(self.admitted)]
+        assert [entry[0] for entry in overflow] == [
+            i for i in self.waited if i not in set(self.admitted)
+        ]
+        if overflow:
+            # The head has no room: the newest queued batch is full, and the
+            # queue is full too (or a full batch rejects newcomers).
+            queue = self.queue()
+            assert queue
+            assert queue[-1].size >= self.limits.max_batch_size
+            rejects_full = (
+                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
+            )
+            assert rejects_full or len(queue) >= self.limits.max_batch_queue_size
+
+    @invariant()
     def idle_means_empty(self) -> None:
         live = [b for b in self.batches if b.state in (WAITING, STARTING)]
-        assert self.state.is_idle() == (not live and not self.running)
+        assert self.state.is_idle() == (not live and not self.running and not self.state.overflow)
         assert self.state.queued_items() == sum(b.size for b in live)
 
 

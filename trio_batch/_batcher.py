@@ -436,9 +436,9 @@ class Batcher(Generic[K, I, O]):
         self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], caller_deadline: float
     ) -> None:
         """Give a new batch its timer, or move a batch's timer earlier for a caller."""
-        if len(batch.inputs) == 1:
-            # A batch holding one item after an add is new (a batch never
-            # shrinks to 0 and comes back): its timer starts now.
+        if batch.deadline == math.inf:
+            # No timer yet: the batch is new (several waiters admitted at once
+            # may have filled it already), and its timer starts now.
             assert isinstance(self._policy, Duration)
             deadline = trio.current_time() + self._policy.delay_seconds
         else:
