@@ -26,11 +26,14 @@ def test_all_names_exist_and_say_trio_batch() -> None:
     [
         obj
         for _, obj in public_objects()
-        if inspect.isclass(obj) and not issubclass(obj, BaseException | enum.Enum)
+        if inspect.isclass(obj)
+        and not issubclass(obj, BaseException | enum.Enum)
+        and not getattr(obj, "_is_protocol", False)
     ],
 )
 def test_public_classes_are_final(cls: type) -> None:
     # As in Trio: runtime classes and values are not meant to be subclassed.
+    # (Exceptions form a family; Observer is a Protocol meant to be implemented.)
     assert getattr(cls, "__final__", False), f"{cls.__name__} should be @final"
 
 
@@ -73,6 +76,6 @@ def test_package_is_typed() -> None:
 def test_batcher_has_one_construction_path() -> None:
     # Only open_batcher builds a Batcher; its constructor is not documented API.
     sig = inspect.signature(tb.open_batcher)
-    assert list(sig.parameters) == ["process", "acquire", "policy", "limits", "name"]
-    for name in ["acquire", "policy", "limits", "name"]:
+    assert list(sig.parameters) == ["process", "acquire", "policy", "limits", "name", "observers"]
+    for name in ["acquire", "policy", "limits", "name", "observers"]:
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

@@ -171,6 +171,7 @@ class Batcher(Generic[K, I, O]):
         "_timer_heap",
         "_timer_scope",
         "_timer_seq",
+        "_timer_stale",
         "_timer_task_scope",
         "_torn_down",
         "_uses_timer",
@@ -215,7 +216,14 @@ class Batcher(Generic[K, I, O]):
             self._uses_timer = (
                 policy.delay_seconds != math.inf or policy.deadline_margin is not None
             )
-        self._timer_heap: list[tuple[float, int, K, KeyState[I, _Task], Batch[I, _Task]]] = []
+        # Duration timers: a heap of [deadline, sequence, key, key state, batch].
+        # A batch has at most one live entry (``batch.timer``). When the batch
+        # starts, is dropped or its deadline moves, the entry becomes a
+        # tombstone (key, state and batch cleared at once, so nothing of a
+        # forgotten key is kept), and tombstones are swept out of the heap
+        # when they outnumber live entries.
+        self._timer_heap: list[list[Any]] = []
+        self._timer_stale = 0
         self._timer_scope: trio.CancelScope | None = None
         self._timer_task_scope: trio.CancelScope | None = None
         self._timer_seq = itertools.count()
@@ -387,6 +395,8 @@ class Batcher(Generic[K, I, O]):
             self._policy, self._limits, after_finish=after_finish, draining=self._draining
         )
         for index, batch in enumerate(started):
+            if batch.timer is not None:
+                self._cancel_timer(batch)
             if self._dispatch is not None:
                 self._observe_start(key, batch, started_before + index, after_finish and not index)
             nursery.start_soon(self._run_batch, key, state, batch)
@@ -423,10 +433,13 @@ class Batcher(Generic[K, I, O]):
             self._dispatch.emit(
                 "item_withdrawn", ItemWithdrawn(self._name, key, item_id, now, now - accepted_at)
             )
-        if state.withdraw(batch, task) and batch.scope is not None:
-            # Dropped while started: stop its acquisition. Its task's
-            # ``finally`` frees the slot.
-            batch.scope.cancel()
+        if state.withdraw(batch, task):
+            if batch.timer is not None:
+                self._cancel_timer(batch)
+            if batch.scope is not None:
+                # Dropped while started: stop its acquisition. Its task's
+                # ``finally`` frees the slot.
+                batch.scope.cancel()
         if state.overflow:
             self._admit(key, state)
         self._start_ready(key, state, after_finish=False)
@@ -451,10 +464,27 @@ class Batcher(Generic[K, I, O]):
         batch.deadline = deadline
         if deadline == math.inf:
             return
-        heapq.heappush(self._timer_heap, (deadline, next(self._timer_seq), key, state, batch))
+        self._cancel_timer(batch)
+        entry = [deadline, next(self._timer_seq), key, state, batch]
+        batch.timer = entry
+        heapq.heappush(self._timer_heap, entry)
         scope = self._timer_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
+
+    def _cancel_timer(self, batch: Batch[I, _Task]) -> None:
+        """Turn the batch's timer entry (if any) into a tombstone."""
+        entry = batch.timer
+        if entry is None:
+            return
+        batch.timer = None
+        entry[2] = entry[3] = entry[4] = None
+        self._timer_stale += 1
+        heap = self._timer_heap
+        if self._timer_stale > len(heap) // 2:
+            heap[:] = [live for live in heap if live[4] is not None]
+            heapq.heapify(heap)
+            self._timer_stale = 0
 
     async def _run_timers(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         """Expire Duration timers. One task for the whole batcher."""
@@ -464,14 +494,19 @@ class Batcher(Generic[K, I, O]):
             while True:
                 now = trio.current_time()
                 while heap and heap[0][0] <= now:
-                    deadline, _, key, state, batch = heapq.heappop(heap)
-                    # A timer belongs to one batch: if that batch has started,
-                    # been processed or dropped, or its key forgotten, or its
-                    # timer moved, this entry does nothing.
-                    if batch.state == WAITING and batch.deadline == deadline:
-                        batch.expired = True
-                        if state.started < self._limits.max_key_concurrency:
-                            self._start_ready(key, state, after_finish=False)
+                    _, _, key, state, batch = heapq.heappop(heap)
+                    # A timer belongs to one batch: once that batch has started
+                    # or been dropped, or its timer moved, the entry is a
+                    # tombstone and does nothing.
+                    if batch is None:
+                        self._timer_stale -= 1
+                        continue
+                    batch.timer = None
+                    batch.expired = True
+                    if state.started < self._limits.max_key_concurrency:
+                        self._start_ready(key, state, after_finish=False)
+                    # Keep no reference to a key that may soon be forgotten.
+                    key = state = batch = None
                 with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
                     self._timer_scope = scope
                     await trio.sleep_forever()
@@ -672,6 +707,7 @@ class Batcher(Generic[K, I, O]):
 
     def _stop_timers(self) -> None:
         self._timer_heap.clear()
+        self._timer_stale = 0
         self._uses_timer = False
         if self._timer_task_scope is not None:
             self._timer_task_scope.cancel()

@@ -72,6 +72,7 @@ class Batch(Generic[I, W]):
         "scope",
         "started_at",
         "state",
+        "timer",
         "waiters",
     )
 
@@ -85,6 +86,8 @@ class Batch(Generic[I, W]):
         self.expired = False
         #: When its Duration timer fires (set by the batcher; inf without one).
         self.deadline = float("inf")
+        #: The batcher's live timer entry for this batch, if any.
+        self.timer: list[Any] | None = None
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
         #: The batch task's cancel scope, set by the batcher while it acquires.

@@ -1,0 +1,210 @@
+"""Limits and policies are validated, immutable values, equal and hashable by value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from conftest import Recorder
+
+import trio_batch as tb
+
+LIMIT_FIELDS = ["max_batch_size", "max_key_concurrency", "max_batch_queue_size"]
+
+
+# --- Limits -----------------------------------------------------------------
+
+
+def test_limits_defaults() -> None:
+    limits = tb.Limits()
+    assert limits.max_batch_size == 100
+    assert limits.max_key_concurrency == 10
+    assert limits.max_batch_queue_size == 20
+
+
+def test_limits_queue_size_is_derived_from_concurrency_at_construction() -> None:
+    assert tb.Limits(max_key_concurrency=3).max_batch_queue_size == 6
+    assert tb.Limits(max_key_concurrency=1).max_batch_queue_size == 2
+    # The resolved value is the value: equal to the same limits spelled out.
+    assert tb.Limits(max_key_concurrency=3) == tb.Limits(
+        max_key_concurrency=3, max_batch_queue_size=6
+    )
+
+
+def test_limits_explicit_queue_size_is_kept() -> None:
+    assert tb.Limits(max_key_concurrency=3, max_batch_queue_size=1).max_batch_queue_size == 1
+    assert tb.Limits(max_batch_queue_size=50).max_batch_queue_size == 50
+
+
+def test_limits_are_keyword_only() -> None:
+    limits_cls: Any = tb.Limits
+    with pytest.raises(TypeError):
+        limits_cls(5)
+    with pytest.raises(TypeError):
+        limits_cls(5, 2, 4)
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("value", [0, -1, -100])
+def test_limits_values_below_one_are_rejected(field: str, value: int) -> None:
+    limits_cls: Any = tb.Limits
+    with pytest.raises(ValueError, match=rf"^{field} must be >= 1, got {value}$"):
+        limits_cls(**{field: value})
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+def test_limits_value_one_is_accepted(field: str) -> None:
+    limits_cls: Any = tb.Limits
+    assert getattr(limits_cls(**{field: 1}), field) == 1
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("value", [1.5, "2", 2.0])
+def test_limits_non_int_is_a_type_error(field: str, value: object) -> None:
+    limits_cls: Any = tb.Limits
+    with pytest.raises(TypeError):
+        limits_cls(**{field: value})
+
+
+def test_limits_are_frozen() -> None:
+    limits = tb.Limits()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        limits.max_batch_size = 5  # type: ignore[misc]
+    assert limits.max_batch_size == 100
+
+
+def test_limits_equal_and_hashable_by_value() -> None:
+    assert tb.Limits(max_batch_size=5) == tb.Limits(max_batch_size=5)
+    assert tb.Limits(max_batch_size=5) != tb.Limits(max_batch_size=6)
+    assert hash(tb.Limits(max_batch_size=5)) == hash(tb.Limits(max_batch_size=5))
+    assert len({tb.Limits(), tb.Limits(), tb.Limits(max_batch_size=1)}) == 2
+
+
+# --- Policies ---------------------------------------------------------------
+
+
+def test_on_full_members() -> None:
+    assert {m.name for m in tb.OnFull} == {"PROCESS", "REJECT"}
+    assert len(tb.OnFull) == 2
+
+
+def test_duration_defaults_to_on_full_process() -> None:
+    policy = tb.Duration(0.5)
+    assert policy.delay_seconds == 0.5
+    assert policy.on_full is tb.OnFull.PROCESS
+    assert tb.Duration(0.5, on_full=tb.OnFull.REJECT).on_full is tb.OnFull.REJECT
+
+
+def test_policies_equal_by_value() -> None:
+    assert tb.Immediate() == tb.Immediate()
+    assert tb.Size() == tb.Size()
+    assert tb.Duration(0.5) == tb.Duration(0.5, on_full=tb.OnFull.PROCESS)
+    assert tb.Duration(0.5) != tb.Duration(0.25)
+    assert tb.Duration(0.5) != tb.Duration(0.5, on_full=tb.OnFull.REJECT)
+    assert tb.Balanced(3) == tb.Balanced(3)
+    assert tb.Balanced(3) != tb.Balanced(4)
+    distinct: list[object] = [tb.Immediate(), tb.Size(), tb.Balanced(1)]
+    assert distinct[0] != distinct[1]
+    assert distinct[2] != distinct[0]
+
+
+def test_policies_hashable_by_value() -> None:
+    policies = [
+        tb.Immediate(),
+        tb.Immediate(),
+        tb.Size(),
+        tb.Size(),
+        tb.Duration(0.5),
+        tb.Duration(0.5),
+        tb.Duration(0.5, on_full=tb.OnFull.REJECT),
+        tb.Balanced(3),
+        tb.Balanced(3),
+        tb.Balanced(4),
+    ]
+    assert len(set(policies)) == 6
+    assert hash(tb.Duration(0.5)) == hash(tb.Duration(0.5))
+    assert hash(tb.Balanced(3)) == hash(tb.Balanced(3))
+    assert {tb.Duration(1.0): "x"}[tb.Duration(1.0)] == "x"
+
+
+def test_policies_are_frozen() -> None:
+    duration = tb.Duration(0.5)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        duration.delay_seconds = 1.0  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        duration.on_full = tb.OnFull.REJECT  # type: ignore[misc]
+    balanced = tb.Balanced(3)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        balanced.min_size_hint = 4  # type: ignore[misc]
+    assert duration == tb.Duration(0.5)
+    assert balanced.min_size_hint == 3
+
+
+@pytest.mark.parametrize("policy_cls", [tb.Immediate, tb.Size])
+def test_stateless_policies_are_frozen(policy_cls: type[Any]) -> None:
+    policy = policy_cls()
+    with pytest.raises((attrs.exceptions.FrozenInstanceError, AttributeError)):
+        policy.anything = 1
+
+
+@pytest.mark.parametrize("delay", [-1, -0.001, -math.inf])
+def test_duration_negative_delay_is_rejected(delay: float) -> None:
+    with pytest.raises(ValueError, match=r"^delay_seconds must be >= 0, got "):
+        tb.Duration(delay)
+
+
+def test_duration_negative_delay_message() -> None:
+    with pytest.raises(ValueError, match=r"^delay_seconds must be >= 0, got -1$"):
+        tb.Duration(-1)
+
+
+def test_duration_nan_delay_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"^delay_seconds must be >= 0, got nan$"):
+        tb.Duration(math.nan)
+
+
+@pytest.mark.parametrize("delay", [0, 0.0, 0.25, 10, math.inf])
+def test_duration_accepts_non_negative_delay(delay: float) -> None:
+    assert tb.Duration(delay).delay_seconds == delay
+
+
+@pytest.mark.parametrize("hint", [0, -1])
+def test_balanced_hint_below_one_is_rejected(hint: int) -> None:
+    with pytest.raises(ValueError, match=rf"^min_size_hint must be >= 1, got {hint}$"):
+        tb.Balanced(hint)
+
+
+def test_balanced_non_int_hint_is_a_type_error() -> None:
+    balanced: Any = tb.Balanced
+    with pytest.raises(TypeError):
+        balanced(2.5)
+
+
+async def test_balanced_hint_above_max_batch_size_rejected_by_open_batcher() -> None:
+    process = Recorder()
+    with pytest.raises(
+        ValueError,
+        match=r"^Balanced\.min_size_hint must be <= max_batch_size, got 200 > 100$",
+    ):
+        async with tb.open_batcher(process, policy=tb.Balanced(200)):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError, match=r"got 6 > 5$"):
+        async with tb.open_batcher(
+            process, policy=tb.Balanced(6), limits=tb.Limits(max_batch_size=5)
+        ):
+            pass  # pragma: no cover
+    assert process.calls == []
+
+
+async def test_balanced_hint_equal_to_max_batch_size_is_accepted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    process = Recorder()
+    async with tb.open_batcher(
+        process, policy=tb.Balanced(5), limits=tb.Limits(max_batch_size=5)
+    ) as batcher:
+        assert await batcher.submit("k", 1) == "k:1"
