@@ -30,6 +30,7 @@ from our own queue anyway).
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import inspect
 import itertools
@@ -63,6 +64,7 @@ from ._observe import (
     ItemWithdrawn,
     Observer,
     logger,
+    new_id,
 )
 from ._policies import (
     POLICY_TYPES,
@@ -137,12 +139,14 @@ def _check_outputs(outputs: Any, expected: int) -> Sequence[Any]:
 class _OverflowWaiter:
     """A caller parked for room (``Overflow.WAIT``); ``batch`` is set on admission."""
 
-    __slots__ = ("batch", "deadline", "entry")
+    __slots__ = ("batch", "context", "deadline", "entry")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, context: contextvars.Context | None) -> None:
         self.batch: Batch[Any, _Task] | None = None
         self.deadline = deadline
         self.entry: Any = None
+        # Observed batchers: the caller's context, for its item_accepted event.
+        self.context = context
 
 
 @final
@@ -158,10 +162,10 @@ class Batcher(Generic[K, I, O]):
         "_acquire",
         "_batch_seconds",
         "_closed",
+        "_context",
         "_deadline_margin",
         "_dispatch",
         "_draining",
-        "_item_ids",
         "_keys",
         "_limits",
         "_name",
@@ -194,10 +198,12 @@ class Batcher(Generic[K, I, O]):
         self._name = name
         # None when unobserved: the hot path tests this one attribute.
         self._dispatch = Dispatch(name, observers) if observers else None
-        self._item_ids = itertools.count()
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, _Task]] = {}
         self._nursery: trio.Nursery | None = None
+        # Batch tasks run in a copy of the context that entered the block, not
+        # in the context of whichever caller happened to start them.
+        self._context = contextvars.copy_context()
         self._wait_for_room = limits.overflow is Overflow.WAIT
         # No new submits (draining or closed).
         self._closed = False
@@ -318,7 +324,7 @@ class Batcher(Generic[K, I, O]):
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
-        meta = None if dispatch is None else (next(self._item_ids), trio.current_time())
+        meta = None if dispatch is None else (new_id(), trio.current_time())
         # Waiters for room are ahead of this item (FIFO): it may not jump them.
         batch = None if state.overflow else state.add(item, task, self._policy, self._limits, meta)
         if batch is None:
@@ -356,7 +362,10 @@ class Batcher(Generic[K, I, O]):
         meta: tuple[int, float] | None,
     ) -> O:
         """Park a caller until its key has room (``Overflow.WAIT``)."""
-        waiter = _OverflowWaiter(self._caller_deadline() if self._uses_timer else math.inf)
+        waiter = _OverflowWaiter(
+            self._caller_deadline() if self._uses_timer else math.inf,
+            None if self._dispatch is None else contextvars.copy_context(),
+        )
         waiter.entry = (item, task, meta, waiter)
         state.overflow.append(waiter.entry)
 
@@ -394,21 +403,22 @@ class Batcher(Generic[K, I, O]):
         started = state.start_ready(
             self._policy, self._limits, after_finish=after_finish, draining=self._draining
         )
+        run = self._context.run
         for index, batch in enumerate(started):
             if batch.timer is not None:
                 self._cancel_timer(batch)
-            if self._dispatch is not None:
-                self._observe_start(key, batch, started_before + index, after_finish and not index)
-            nursery.start_soon(self._run_batch, key, state, batch)
+            if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
+                self._note_start(key, batch, started_before + index, after_finish and not index)
+            run(nursery.start_soon, self._run_batch, key, state, batch)
 
     def _admit(self, key: K, state: KeyState[I, _Task]) -> None:
         """Move callers waiting for room into batches while there is room."""
         for waiter, batch in state.admit(self._policy, self._limits):
             waiter.batch = batch
-            if self._dispatch is not None and batch.meta:
+            if self._dispatch is not None and waiter.context is not None:
                 item_id = batch.meta[-1][0]
-                now = trio.current_time()
-                self._dispatch.emit("item_accepted", ItemAccepted(self._name, key, item_id, now))
+                event = ItemAccepted(self._name, key, item_id, trio.current_time())
+                waiter.context.run(self._dispatch.emit, "item_accepted", event)
             if batch.state == WAITING:
                 if self._uses_timer:
                     self._set_timer(key, state, batch, waiter.deadline)
@@ -528,6 +538,19 @@ class Batcher(Generic[K, I, O]):
         result: Sequence[Any] | _Failure | None = None
         timed = self._deadline_margin is not None
         began = trio.current_time() if timed else 0.0
+        if self._dispatch is not None:
+            self._dispatch.emit(
+                "batch_started",
+                BatchStarted(
+                    self._name,
+                    key,
+                    batch.ident,
+                    len(batch.inputs),
+                    batch.reason,
+                    tuple(item_id for item_id, _ in batch.meta),
+                    batch.started_at,
+                ),
+            )
         try:
             # A batch spawned while the block is being cancelled must not begin.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -644,17 +667,12 @@ class Batcher(Generic[K, I, O]):
 
     # -- observation -------------------------------------------------------------
 
-    def _observe_start(
-        self, key: K, batch: Batch[I, _Task], started: int, after_finish: bool
-    ) -> None:
-        assert self._dispatch is not None
+    def _note_start(self, key: K, batch: Batch[I, _Task], started: int, after_finish: bool) -> None:
+        """Record why and when a batch started (for observers and the debug log)."""
         reason = start_reason(self._policy, batch, started=started, after_finish=after_finish)
         batch.reason = reason
-        batch.started_at = now = trio.current_time()
-        ids = tuple(item_id for item_id, _ in batch.meta)
-        self._dispatch.emit(
-            "batch_started", BatchStarted(self._name, key, len(batch.inputs), reason, ids, now)
-        )
+        batch.ident = new_id()
+        batch.started_at = trio.current_time()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "batcher %r: batch of %d for key %s started (%s)",
@@ -676,12 +694,17 @@ class Batcher(Generic[K, I, O]):
         now = trio.current_time()
         processed = batch.processing_at is not None
         began = batch.processing_at if batch.processing_at is not None else now
+        if batch.reason is None:
+            # Never started: closed with the block.
+            batch.ident = new_id()
+            batch.started_at = now
         status = _OUTCOMES[result.error_type] if type(result) is _Failure else BatchOutcome.OK
         self._dispatch.emit(
             "batch_finished",
             BatchFinished(
                 batcher=self._name,
                 key=key,
+                batch_id=batch.ident,
                 size=len(batch.inputs) if processed else 0,
                 reason=batch.reason,
                 item_ids=tuple(item_id for item_id, _ in batch.meta),
@@ -727,9 +750,11 @@ class Batcher(Generic[K, I, O]):
         keys = self._keys
         self._keys = {}
         closed = _Failure(BatcherClosed, f"batcher {self._name!r} was closed", None)
-        for state in keys.values():
+        for key, state in keys.items():
             for batch in state.queued_batches():
                 self._deliver(batch.waiters, closed)
+                if self._dispatch is not None:
+                    self._observe_finish(key, batch, batch.waiters, closed, 0)
                 batch.waiters = []
                 batch.inputs = []
             self._deliver([task for _, task, _, _ in state.overflow], closed)

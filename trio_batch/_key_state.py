@@ -65,6 +65,7 @@ class Batch(Generic[I, W]):
         "early",
         "expired",
         "filled",
+        "ident",
         "inputs",
         "meta",
         "processing_at",
@@ -93,8 +94,9 @@ class Batch(Generic[I, W]):
         #: The batch task's cancel scope, set by the batcher while it acquires.
         self.scope: trio.CancelScope | None = None
         #: Observed batchers only: (item id, submit time) per input, aligned
-        #: with ``inputs`` until processing begins; start time and reason.
+        #: with ``inputs`` until processing begins; batch id, start time and reason.
         self.meta: list[tuple[int, float]] = []
+        self.ident = -1
         self.started_at = 0.0
         self.processing_at: float | None = None
         self.reason: Any = None

@@ -12,13 +12,22 @@ An observer that raises is logged (``trio_batch`` logger, with traceback) and
 removed from that batcher: observation can never break batching. Hooks must
 not block; they are plain functions, not coroutines.
 
-Items are identified by ``item_id``, an integer unique within one batcher, so an
-observer can connect an item's acceptance with the batch it ends up in.
+Items and batches are identified by ``item_id`` and ``batch_id``, integers unique
+within the process, so an observer (even one shared by several batchers) can
+connect an item's acceptance with the batch it ends up in, and a batch's start
+with its end.
+
+Contexts: ``item_accepted`` runs in the caller's context (for ``Overflow.WAIT``,
+a copy of the caller's context taken when it began to wait). ``batch_started``
+and ``batch_finished`` run in the batch's own task, whose context is a copy of
+the context that entered the ``async with`` block, never a caller's; a
+contextvar that ``batch_started`` sets is seen by ``acquire`` and ``process``.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, final
@@ -38,6 +47,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_batch")
+
+#: Ids of items and batches, unique within the process.
+new_id = itertools.count().__next__
 
 
 class BatchOutcome(enum.Enum):
@@ -62,8 +74,11 @@ class BatchOutcome(enum.Enum):
 class ItemAccepted:
     """An item joined a batch (for ``Overflow.WAIT``: when it was admitted)."""
 
+    #: The batcher's ``name``.
     batcher: str
+    #: The key the item was submitted under.
     key: Any
+    #: Identifies the item in later events; unique within the process.
     item_id: int
     #: ``trio.current_time()`` when it was accepted.
     time: float
@@ -74,8 +89,11 @@ class ItemAccepted:
 class ItemRejected:
     """An item was rejected with :exc:`~trio_batch.Rejected`; nothing was queued."""
 
+    #: The batcher's ``name``.
     batcher: str
+    #: The key the item was submitted under.
     key: Any
+    #: ``trio.current_time()`` when it was rejected.
     time: float
 
 
@@ -84,9 +102,13 @@ class ItemRejected:
 class ItemWithdrawn:
     """A caller was cancelled before its item's batch began processing."""
 
+    #: The batcher's ``name``.
     batcher: str
+    #: The key the item was submitted under.
     key: Any
+    #: The id it was accepted with.
     item_id: int
+    #: ``trio.current_time()`` when it was withdrawn.
     time: float
     #: Seconds between the item's acceptance and its withdrawal.
     waited: float
@@ -95,64 +117,93 @@ class ItemWithdrawn:
 @final
 @attrs.frozen
 class BatchStarted:
-    """A batch started: it will now acquire its resource (if any) and be processed."""
+    """A batch started: it will now acquire its resource (if any) and be processed.
 
+    Emitted in the batch's own task as it begins, before ``acquire``.
+    """
+
+    #: The batcher's ``name``.
     batcher: str
+    #: The key of every item in the batch.
     key: Any
-    #: Items in the batch when it started (it may still grow until processing).
+    #: Identifies the batch in its :class:`BatchFinished`; unique within the process.
+    batch_id: int
+    #: Items in the batch as its task begins (it may still grow while acquiring).
     size: int
+    #: The rule that started it.
     reason: StartReason
+    #: The ids of its items so far, in arrival order.
     item_ids: tuple[int, ...]
+    #: ``trio.current_time()`` when the policy started it.
     time: float
 
 
 @final
 @attrs.frozen
 class BatchFinished:
-    """A started batch ended; every caller of it has its outcome."""
+    """A batch ended; every caller of it has its outcome.
 
+    Emitted for every batch that emitted :class:`BatchStarted`, and also, with
+    ``reason=None`` and outcome ``CANCELLED``, for a batch that never started
+    because the block was torn down (its callers got ``BatcherClosed``).
+    """
+
+    #: The batcher's ``name``.
     batcher: str
+    #: The key of every item in the batch.
     key: Any
+    #: The id of its :class:`BatchStarted` (or a new one if it never started).
+    batch_id: int
     #: Items passed to ``process`` (0 if it never got that far).
     size: int
-    reason: StartReason
+    #: The rule that started it; ``None`` if it never started.
+    reason: StartReason | None
+    #: The ids of its items, in arrival order (withdrawn items excluded).
     item_ids: tuple[int, ...]
-    #: Per item, seconds from acceptance until the batch started.
+    #: Per item, seconds from acceptance until ``process`` was called (or until
+    #: the batch ended, if ``process`` never was).
     queue_waits: tuple[float, ...]
     #: Seconds from start until ``process`` was called (acquiring the resource).
     acquire_seconds: float
     #: Seconds ``process`` (and releasing the resource) took; 0 if not called.
     process_seconds: float
+    #: How it ended.
     outcome: BatchOutcome
     #: Items that ``process`` failed individually (``outcome.Error`` outputs).
     failed_items: int
     #: Callers cancelled after processing began (their outputs were discarded).
     abandoned: int
+    #: ``trio.current_time()`` when it ended.
     time: float
 
 
 class Observer(Protocol):
-    """Receives a batcher's events. Implement any of the hooks.
+    """Receives a batcher's events.
 
     Subclass it to inherit no-op hooks and override only those you need, or
-    implement the methods structurally. Hooks run synchronously and must not
-    block. See :mod:`trio_batch.contrib` for Prometheus and OpenTelemetry.
+    implement all five methods structurally. Hooks run synchronously and must
+    not block. See :mod:`trio_batch.contrib` for Prometheus and OpenTelemetry.
     """
 
     def item_accepted(self, event: ItemAccepted) -> None:
         """An item joined a batch."""
+        return
 
     def item_rejected(self, event: ItemRejected) -> None:
         """An item was rejected."""
+        return
 
     def item_withdrawn(self, event: ItemWithdrawn) -> None:
         """A caller withdrew its item before processing began."""
+        return
 
     def batch_started(self, event: BatchStarted) -> None:
         """A batch started."""
+        return
 
     def batch_finished(self, event: BatchFinished) -> None:
-        """A started batch ended."""
+        """A batch ended."""
+        return
 
 
 _HOOKS = ("item_accepted", "item_rejected", "item_withdrawn", "batch_started", "batch_finished")
