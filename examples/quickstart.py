@@ -49,8 +49,9 @@ async def main() -> None:
     elapsed = trio.current_time() - start
     sizes = [size for _, size in queries]
     print(
-        f"1000 requests ({rejected} rejected) -> {len(queries)} queries (batch sizes: min {min(sizes)}, "
-        f"max {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}) in {elapsed * 1000:.0f} ms"
+        f"1000 requests ({rejected} rejected) -> {len(queries)} queries "
+        f"(batch sizes: min {min(sizes)}, max {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}) "
+        f"in {elapsed * 1000:.0f} ms"
     )
     print(f"without batching: 1000 queries of 10 ms each, 4 at a time: ~{1000 / 4 * 10:.0f} ms")
 

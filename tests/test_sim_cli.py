@@ -1,0 +1,301 @@
+"""The command line: reproducible output, one-line errors, plots, no hard matplotlib need."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from trio_batch.sim import PLOT_FILES, SimulationResult
+from trio_batch.sim.__main__ import main
+from trio_batch.sim._progress import ProgressBar
+
+TINY = """
+name = "tiny-cli"
+seed = 9
+items = 300
+policies = ["immediate", "size", "duration:0.003", "balanced:3"]
+
+[keys]
+distribution = "uniform"
+count = 4
+
+[arrivals]
+rate = 1500
+burst = { every = 0.1, length = 0.02, factor = 4 }
+
+[process]
+per_batch = 0.003
+per_item = 0.0002
+jitter = "lognormal"
+sigma = 0.4
+error_rate = 0.03
+
+[pool]
+size = 2
+connect = 0.001
+
+[limits]
+max_batch_size = 8
+max_key_concurrency = 2
+max_batch_queue_size = 2
+
+[timeouts]
+fraction = 0.2
+after = 0.015
+"""
+
+
+@pytest.fixture
+def tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_batch.sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_json_is_identical_in_process_and_across_processes(
+    tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--scenario", str(tiny_toml), "--json", "--quiet"]) == 0
+    in_process = capsys.readouterr().out
+    first = run_cli("--scenario", str(tiny_toml), "--json", "-q", env={"PYTHONHASHSEED": "1"})
+    second = run_cli("--scenario", str(tiny_toml), "--json", "-q", env={"PYTHONHASHSEED": "2"})
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout == in_process
+    data = json.loads(in_process)
+    assert [r["policy"] for r in data["results"]] == [
+        "immediate",
+        "size",
+        "duration:0.003",
+        "balanced:3",
+    ]
+    for r in data["results"]:
+        outcomes = r["ok"] + r["rejected"] + r["failed"] + r["withdrawn"] + r["late"]
+        assert outcomes == r["items"] == 300
+        assert r["closed"] == 0
+        assert r["anomalies"] == []
+
+
+def test_table_has_a_row_per_policy_and_flags_override(
+    tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "-s",
+            str(tiny_toml),
+            "-q",
+            "--items",
+            "120",
+            "--seed",
+            "3",
+            "--rate",
+            "900",
+            "--policy",
+            "size",
+            "--policy",
+            "duration:0.002:reject",
+            "--set",
+            "limits.max_batch_size=4",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert err == ""  # --quiet: no timing line
+    lines = out.splitlines()
+    assert lines[0] == "scenario tiny-cli (seed 3)"
+    assert "Poisson 900/s" in lines[1]
+    assert "120 items" in lines[1]
+    assert "limits: batch 4," in out
+    header = next(line for line in lines if line.startswith("policy"))
+    for column in ("items/s", "p50 ms", "p99 ms", "max ms", "fill", "batches", "rejected"):
+        assert column in header
+    rows = [line.split() for line in lines if line.startswith(("size", "duration"))]
+    assert [row[0] for row in rows] == ["size", "duration:0.002:reject"]
+    assert all(row[1] == "120" for row in rows)
+
+
+def test_timing_goes_to_stderr_unless_quiet(
+    tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-s", str(tiny_toml), "--items", "50", "--policy", "immediate"]) == 0
+    out, err = capsys.readouterr()
+    assert "wall time" in err
+    assert "wall time" not in out
+
+
+BAD_INPUTS = [
+    (["--rate", "-1"], "arrivals.rate must be > 0, got -1.0"),
+    (["--policy", "fastest"], "policies[0]: unknown policy 'fastest'"),
+    (["--set", "arrivals.rate="], "arrivals.rate is required"),
+    (["--set", "keys.count=zero"], "keys.count must be an integer, got 'zero'"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--scenario", "no-such-scenario"], "unknown scenario 'no-such-scenario'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_and_status_2(
+    args: list[str], message: str, tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = [] if "--scenario" in args else ["--scenario", str(tiny_toml)]
+    assert main([*scenario, *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("trio-batch-sim: error: ")
+    assert message in err
+
+
+def test_malformed_toml_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("seed = 1\npolicies = [\n")
+    result = run_cli("--scenario", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "broken.toml: malformed TOML" in result.stderr
+
+
+def test_plots_are_valid_pngs(tiny_toml: Path, tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    directory = tmp_path / "plots" / "nested"
+    assert main(["-s", str(tiny_toml), "-q", "--plot", str(directory)]) == 0
+    assert sorted(path.name for path in directory.iterdir()) == sorted(PLOT_FILES)
+    for name in PLOT_FILES:
+        path = directory / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image: Any = imread(path)
+        height, width = image.shape[:2]
+        assert width >= 800
+        assert height >= 400
+
+
+def test_plots_cope_with_a_run_without_outputs(tmp_path: Path, tiny_toml: Path) -> None:
+    from trio_batch.sim import load_scenario, run_scenario, write_plots
+
+    result = run_scenario(load_scenario(str(tiny_toml), ["items=", "duration=1e-6"]))
+    assert result.results[0].items == 0
+    paths = write_plots(result, tmp_path)
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)
+
+
+def test_plot_without_matplotlib_says_what_to_install(
+    tiny_toml: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert main(["-s", str(tiny_toml), "--plot", str(tmp_path / "plots")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # it failed before running anything
+    assert err == (
+        "trio-batch-sim: error: --plot needs matplotlib: pip install 'trio_batch[sim]'\n"
+    )
+    assert not (tmp_path / "plots").exists()
+
+
+def test_the_simulator_runs_without_matplotlib(tiny_toml: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "import trio_batch.sim\n"
+        "from trio_batch.sim.__main__ import main\n"
+        f"status = main(['-s', {str(tiny_toml)!r}, '-q', '--items', '40'])\n"
+        "assert sys.modules['matplotlib'] is None\n"
+        "assert not any(name.startswith('matplotlib.') for name in sys.modules)\n"
+        "raise SystemExit(status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scenario tiny-cli" in result.stdout
+
+
+def test_list_shows_the_builtin_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"default", "web-db", "burst", "ml-inference"} <= set(names)
+
+
+def test_the_console_script_is_main() -> None:
+    (script,) = [
+        entry
+        for entry in importlib.metadata.entry_points(group="console_scripts")
+        if entry.name == "trio-batch-sim"
+    ]
+    assert script.value == "trio_batch.sim.__main__:main"
+    assert script.load() is main
+
+
+def test_a_broken_guarantee_is_reported_with_status_1(
+    tiny_toml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_batch.sim import run_scenario as real_run
+
+    def run_with_anomaly(*args: Any, **kwargs: Any) -> SimulationResult:
+        result = real_run(*args, **kwargs)
+        broken = attrs.evolve(result.results[0], anomalies=("a caller never got an outcome",))
+        return attrs.evolve(result, results=(broken, *result.results[1:]))
+
+    monkeypatch.setattr("trio_batch.sim.__main__.run_scenario", run_with_anomaly)
+    assert main(["-s", str(tiny_toml), "-q", "--items", "30", "--policy", "size"]) == 1
+    out, err = capsys.readouterr()
+    assert "ANOMALY (size): a caller never got an outcome" in out
+    assert "library guarantee broken (size)" in err
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_waits_a_second_then_draws_and_erases() -> None:
+    now = [0.0]
+    stream = FakeTerminal()
+    bar = ProgressBar(stream, enabled=True, clock=lambda: now[0])
+    bar.update(10, 100, "size (1/2)")
+    assert stream.getvalue() == ""  # runs shorter than a second stay silent
+    now[0] = 1.5
+    bar.update(50, 100, "size (1/2)")
+    drawn = stream.getvalue()
+    assert drawn.startswith("\r[")
+    assert " 50%  size (1/2)" in drawn
+    now[0] = 1.55
+    bar.update(60, 100, "size (1/2)")
+    assert stream.getvalue() == drawn  # at most ten redraws a second
+    bar.close()
+    assert stream.getvalue().endswith("\r")
+    assert stream.getvalue()[len(drawn) :].strip() == ""
+
+
+def test_progress_bar_is_off_when_quiet_or_not_a_terminal() -> None:
+    for stream, quiet in ((FakeTerminal(), True), (io.StringIO(), False)):
+        bar = ProgressBar.for_stream(stream, quiet=quiet)
+        bar._first_draw = bar._next_draw = 0.0  # no need to wait a second
+        bar.update(1, 2, "x")
+        bar.close()
+        assert stream.getvalue() == ""

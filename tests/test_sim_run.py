@@ -1,0 +1,212 @@
+"""Runs of the simulator: reproducible, consistent counts, and the model it claims."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections import Counter
+from typing import Any
+
+import attrs
+import pytest
+
+import trio_batch as tb
+from trio_batch.sim import (
+    Arrivals,
+    Burst,
+    KeyDistribution,
+    Pool,
+    ProcessModel,
+    Scenario,
+    Timeouts,
+    generate_workload,
+    load_scenario,
+    run_scenario,
+)
+from trio_batch.sim._report import render_json, render_table
+from trio_batch.sim._results import percentile
+from trio_batch.sim._workload import batch_cost, batch_random
+
+ALL_POLICIES = ("immediate", "size", "duration:0.004", "duration:0.004:reject", "balanced:3")
+
+
+def tiny(**changes: Any) -> Scenario:
+    """A few hundred items that exercise every outcome: rejections, failures, timeouts."""
+    scenario = Scenario(
+        name="tiny",
+        seed=5,
+        items=400,
+        policies=ALL_POLICIES,
+        keys=KeyDistribution(distribution="zipf", count=6, exponent=1.3),
+        arrivals=Arrivals(rate=2000, burst=Burst(every=0.05, length=0.01, factor=5)),
+        process=ProcessModel(
+            per_batch=0.004, per_item=0.0002, jitter="lognormal", sigma=0.5, error_rate=0.05
+        ),
+        pool=Pool(size=3, connect=0.002),
+        limits=tb.Limits(max_batch_size=6, max_key_concurrency=2, max_batch_queue_size=2),
+        timeouts=Timeouts(fraction=0.2, after=0.01),
+    )
+    return attrs.evolve(scenario, **changes)
+
+
+def test_same_seed_same_numbers_byte_for_byte() -> None:
+    first = render_json(run_scenario(tiny()))
+    second = render_json(run_scenario(tiny()))
+    assert first == second
+    assert render_json(run_scenario(tiny(seed=6))) != first
+
+
+def test_the_scheduler_is_left_as_it_was() -> None:
+    run_module: Any = sys.modules["trio._core._run"]
+    flag = run_module._ALLOW_DETERMINISTIC_SCHEDULING
+    state = run_module._r.getstate()
+    run_scenario(tiny(items=50))
+    assert flag == run_module._ALLOW_DETERMINISTIC_SCHEDULING
+    assert run_module._r.getstate() == state
+
+
+def test_every_item_has_exactly_one_outcome() -> None:
+    result = run_scenario(tiny())
+    for r in result.results:
+        assert r.anomalies == ()
+        assert r.ok + r.rejected + r.failed + r.withdrawn + r.late + r.closed == r.items == 400
+        assert r.closed == 0
+        assert len(r.ok_latencies) == len(r.ok_arrivals) == r.ok
+        assert sum(r.batch_sizes) >= r.ok + r.late  # failed batches hold items too
+        assert max(r.batch_sizes) <= 6
+        assert r.acquisitions >= r.batches  # every process call held a connection
+        assert 1 <= r.connections <= 3
+    outcomes = {r.policy: r for r in result.results}
+    # The tiny scenario exercises every outcome somewhere.
+    assert sum(r.rejected for r in result.results) > 0
+    assert sum(r.failed for r in result.results) > 0
+    assert sum(r.withdrawn for r in result.results) > 0
+    assert outcomes["size"].withdrawn > 0  # partial batches wait past the timeout
+
+
+def test_summary_numbers_come_from_the_raw_observations() -> None:
+    r = run_scenario(tiny(policies=("duration:0.004",))).results[0]
+    latencies = sorted(r.ok_latencies)
+    assert r.latency(50) == latencies[math.ceil(0.5 * len(latencies)) - 1]
+    assert r.latency(99) == latencies[math.ceil(0.99 * len(latencies)) - 1]
+    assert r.max_latency == latencies[-1]
+    assert r.mean_batch_size == sum(r.batch_sizes) / len(r.batch_sizes)
+    assert r.fill_ratio == pytest.approx(r.mean_batch_size / 6)
+    assert r.throughput == r.ok / r.elapsed
+    assert r.elapsed >= r.ok_arrivals[-1]
+    # A Duration batch is at least 4 ms old when it starts unless it filled
+    # (or a caller's deadline moved its timer): latency >= the cheapest call.
+    assert min(latencies) >= 0.004 * math.exp(-5) > 0
+    summary = r.summary()
+    assert summary["latency_ms"] == {
+        "p50": round(latencies[len(latencies) // 2 - (len(latencies) % 2 == 0)] * 1000, 6),
+        "p90": round(r.latency(90) * 1000, 6),  # type: ignore[operator]
+        "p99": round(latencies[math.ceil(0.99 * len(latencies)) - 1] * 1000, 6),
+        "max": round(latencies[-1] * 1000, 6),
+    }
+
+
+def test_immediate_with_a_free_slot_costs_exactly_the_process_time() -> None:
+    # One key, no jitter, arrivals far apart: every item is a batch of one that
+    # starts the instant it arrives, so latency is per_batch + per_item exactly.
+    scenario = Scenario(
+        seed=1,
+        items=20,
+        policies=("immediate",),
+        arrivals=Arrivals(rate=10),
+        process=ProcessModel(per_batch=0.003, per_item=0.001),
+    )
+    r = run_scenario(scenario).results[0]
+    assert r.batch_sizes == (1,) * 20
+    assert r.ok_latencies == pytest.approx([0.004] * 20, abs=1e-9)
+
+
+def test_size_waits_for_full_batches_and_the_drain_flushes_the_rest() -> None:
+    scenario = Scenario(
+        seed=2,
+        items=23,
+        policies=("size",),
+        arrivals=Arrivals(rate=100),
+        process=ProcessModel(per_batch=0.001),
+        limits=tb.Limits(max_batch_size=5, max_key_concurrency=1, max_batch_queue_size=10),
+    )
+    r = run_scenario(scenario).results[0]
+    assert r.batch_sizes == (5, 5, 5, 5, 3)
+    assert r.ok == 23
+
+
+def test_workload_is_a_function_of_the_seed() -> None:
+    scenario = tiny(items=2000)
+    first, second = generate_workload(scenario), generate_workload(scenario)
+    assert first.times == second.times
+    assert first.keys == second.keys
+    assert first.timeouts == second.timeouts
+    assert generate_workload(tiny(items=2000, seed=6)).times != first.times
+    assert list(first.times) == sorted(first.times)
+    # Zipf: key 0 is the most popular, and every key is in range.
+    counts = Counter(first.keys)
+    assert counts.most_common(1)[0][0] == 0
+    assert set(counts) <= set(range(6))
+    # About a fifth of the callers are impatient.
+    impatient = sum(1 for timeout in first.timeouts if timeout == 0.01)
+    assert 300 < impatient < 500
+    assert all(timeout in (0.01, math.inf) for timeout in first.timeouts)
+
+
+def test_bursts_multiply_the_arrival_rate() -> None:
+    scenario = Scenario(
+        seed=3,
+        duration=20.0,
+        policies=("immediate",),
+        arrivals=Arrivals(rate=100, burst=Burst(every=2.0, length=0.5, factor=10, start=1.0)),
+    )
+    times = generate_workload(scenario).times
+    assert times[-1] < 20.0
+    in_burst = sum(1 for t in times if (t - 1.0) % 2.0 < 0.5 and t >= 1.0)
+    outside = len(times) - in_burst
+    # 10 bursts of 0.5 s at 1000/s, and 15 s at 100/s.
+    assert 4500 < in_burst < 5500
+    assert 1200 < outside < 1800
+
+
+def test_batch_randomness_depends_on_the_batch_not_on_the_order() -> None:
+    model = ProcessModel(per_batch=0.01, jitter="erlang", erlang_k=3)
+    first = batch_cost(model, 4, batch_random(7, 123))
+    assert batch_cost(model, 4, batch_random(7, 123)) == first
+    assert batch_cost(model, 4, batch_random(7, 124)) != first
+    rng = random.Random(0)
+    factors = [batch_cost(model, 0, rng) / 0.01 for _ in range(20000)]
+    assert sum(factors) / len(factors) == pytest.approx(1.0, abs=0.02)
+    lognormal = ProcessModel(per_batch=0.01, jitter="lognormal", sigma=0.8)
+    factors = [batch_cost(lognormal, 0, rng) / 0.01 for _ in range(20000)]
+    assert sum(factors) / len(factors) == pytest.approx(1.0, abs=0.05)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 50) == 2.0
+    assert percentile(values, 51) == 3.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 0) == 1.0
+    assert percentile([], 50) is None
+
+
+def test_a_run_with_no_arrivals_reports_dashes() -> None:
+    result = run_scenario(tiny(items=None, duration=1e-6))
+    for r in result.results:
+        assert (r.items, r.ok, r.batches) == (0, 0, 0)
+        assert r.latency(50) is None
+        assert r.mean_batch_size is None
+    table = render_table(result)
+    assert "immediate" in table
+    assert " - " in table
+
+
+@pytest.mark.parametrize("name", ["default", "web-db", "burst", "ml-inference"])
+def test_builtin_scenarios_run_cleanly_when_cut_short(name: str) -> None:
+    result = run_scenario(load_scenario(name, ["items=150"]))
+    assert len(result.results) == len(result.scenario.policies)
+    for r in result.results:
+        assert r.anomalies == ()
+        assert r.ok + r.rejected + r.failed + r.withdrawn + r.late == r.items == 150

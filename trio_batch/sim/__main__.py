@@ -1,0 +1,178 @@
+"""The command line: ``python -m trio_batch.sim`` or ``trio-batch-sim``.
+
+Exit status: 0 on success; 1 if the run observed a broken library guarantee
+(reported as ANOMALY lines) or plots could not be written; 2 for bad input
+(unknown flag, bad scenario, ``--plot`` without matplotlib), always with a
+one-line message on stderr and no traceback; 130 if interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from ._loading import (
+    ScenarioError,
+    apply_override,
+    builtin_scenarios,
+    read_scenario_data,
+    scenario_from_data,
+    set_field,
+)
+from ._plot import PlottingUnavailable, require_matplotlib, write_plots
+from ._progress import ProgressBar
+from ._report import render_json, render_table
+from ._run import run_scenario
+from ._scenario import POLICY_SYNTAX, Scenario
+
+__all__ = ["main"]
+
+PROG = "trio-batch-sim"
+
+
+class _UsageError(Exception):
+    """A bad command line; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage and exits; we want one line and our exit path.
+        raise _UsageError(f"{message} (see {PROG} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Simulate trio_batch policies on a workload in Trio's virtual time, "
+            "running the real batcher, and compare latency and throughput."
+        ),
+        epilog=(
+            "Scenario fields are documented in docs/simulator.md. "
+            f"Policies: {POLICY_SYNTAX}. "
+            "Exit status: 0 ok, 1 anomaly or write error, 2 bad input."
+        ),
+    )
+    parser.add_argument(
+        "--scenario",
+        "-s",
+        default="default",
+        metavar="NAME|PATH",
+        help="a built-in scenario (see --list) or a TOML file (default: %(default)s)",
+    )
+    parser.add_argument("--list", action="store_true", help="list the built-in scenarios")
+    parser.add_argument("--seed", type=int, help="override the scenario's seed")
+    parser.add_argument("--items", type=int, help="stop after N arrivals (replaces duration)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop arrivals after SECONDS (replaces items)",
+    )
+    parser.add_argument("--rate", type=float, help="arrivals per simulated second (arrivals.rate)")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        metavar="SPEC",
+        help="a policy to simulate; repeat to compare several (replaces the scenario's)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any scenario field, e.g. --set pool.size=4 (VALUE in TOML syntax)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar, no timing on stderr"
+    )
+    return parser
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    data, default_name = read_scenario_data(args.scenario)
+    for flag, path in (("seed", "seed"), ("items", "items"), ("duration", "duration")):
+        value = getattr(args, flag)
+        if value is not None:
+            set_field(data, path, value)
+    if args.rate is not None:
+        set_field(data, "arrivals.rate", args.rate)
+    if args.policy:
+        set_field(data, "policies", list(args.policy))
+    for assignment in args.set:
+        apply_override(data, assignment)
+    return scenario_from_data(data, default_name=default_name)
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator CLI; returns the exit status.
+
+    Args:
+        argv: the arguments (without the program name); ``sys.argv[1:]`` if None.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        return _error(str(exc))
+    if args.list:
+        for name, description in builtin_scenarios().items():
+            print(f"{name:14} {description}")
+        return 0
+    try:
+        scenario = _scenario(args)
+        if args.plot is not None:
+            require_matplotlib()
+    except (ScenarioError, PlottingUnavailable) as exc:
+        return _error(str(exc))
+
+    progress = ProgressBar.for_stream(sys.stderr, quiet=args.quiet)
+    started = time.monotonic()
+    try:
+        result = run_scenario(scenario, on_progress=progress.update)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+    wall = time.monotonic() - started
+
+    sys.stdout.write(render_json(result) if args.json else render_table(result))
+    sys.stdout.flush()
+    status = 0
+    if args.plot is not None:
+        try:
+            paths = write_plots(result, args.plot)
+        except OSError as exc:
+            print(f"{PROG}: error: cannot write plots to {args.plot}: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            if not args.quiet:
+                print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
+    anomalies = [(r.policy, a) for r in result.results for a in r.anomalies]
+    for policy, anomaly in anomalies:
+        print(f"{PROG}: library guarantee broken ({policy}): {anomaly}", file=sys.stderr)
+    if anomalies:
+        status = 1
+    if not args.quiet:
+        items = result.results[0].items if result.results else 0
+        print(
+            f"simulated {len(result.results)} policies x {items} items "
+            f"in {wall:.1f} s of wall time",
+            file=sys.stderr,
+        )
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""What a run measured: one :class:`PolicyResult` per policy, and the summaries.
+
+A result keeps the raw observations (every latency, every batch size, every
+statistics sample) so that reports and plots are computed from the same data,
+and the summary numbers are derived, never accumulated separately.
+
+Percentiles use the nearest-rank method (the smallest observation with at
+least ``p`` percent of observations at or below it): an observed value, no
+interpolation, so a summary can be checked against the raw data exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import final
+
+import attrs
+
+from ._loading import scenario_to_data
+from ._scenario import Scenario
+
+__all__ = ["PolicyResult", "Sample", "SimulationResult", "percentile"]
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """The nearest-rank ``p``-th percentile of ``sorted_values`` (None if empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@final
+@attrs.frozen
+class Sample:
+    """The batcher's statistics at one simulated instant."""
+
+    #: Simulated seconds since the start of the run.
+    time: float
+    #: ``statistics().queued_items``: items in batches not yet processing.
+    queued_items: int
+    #: ``statistics().processing_batches``: started batches.
+    processing_batches: int
+
+
+@final
+@attrs.frozen(kw_only=True, eq=False)
+class PolicyResult:
+    """One policy's run of a scenario.
+
+    Every submitted item has exactly one outcome, so ``ok + rejected + failed +
+    withdrawn + late + closed == items``.
+    """
+
+    #: The policy, as a spec (``"duration:0.005"``).
+    policy: str
+    #: Items submitted (arrivals).
+    items: int
+    #: Callers that received their output.
+    ok: int
+    #: Callers that got ``Rejected`` (the key's queue was full).
+    rejected: int
+    #: Callers whose batch failed (``BatchFailed`` or ``ResourceAcquisitionFailed``).
+    failed: int
+    #: Callers that gave up before their batch began processing (item never processed).
+    withdrawn: int
+    #: Callers that gave up after their batch began processing (item processed, output dropped).
+    late: int
+    #: Callers that got ``BatcherClosed``; always 0 unless the library has a bug.
+    closed: int
+    #: Simulated seconds from the start until the last caller had its outcome.
+    elapsed: float
+    #: Size of every ``process`` call, in the order they began.
+    batch_sizes: tuple[int, ...]
+    #: ``max_batch_size`` of the run, for the fill ratio.
+    max_batch_size: int
+    #: Arrival time of each caller that got its output, in arrival order.
+    ok_arrivals: tuple[float, ...]
+    #: Latency (submit to output, simulated seconds) of the same callers.
+    ok_latencies: tuple[float, ...]
+    #: Periodic statistics samples.
+    samples: tuple[Sample, ...]
+    #: Times a batch obtained a pool connection (0 without a pool).
+    acquisitions: int
+    #: Pool connections opened (0 without a pool).
+    connections: int
+    #: Broken library guarantees that the run observed (empty if all is well).
+    anomalies: tuple[str, ...]
+    sorted_latencies: tuple[float, ...] = attrs.field(init=False)
+
+    @sorted_latencies.default
+    def _sort_latencies(self) -> tuple[float, ...]:
+        return tuple(sorted(self.ok_latencies))
+
+    @property
+    def throughput(self) -> float:
+        """Items that got their output, per simulated second."""
+        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def batches(self) -> int:
+        """``process`` calls (including failed ones)."""
+        return len(self.batch_sizes)
+
+    @property
+    def mean_batch_size(self) -> float | None:
+        """Mean items per ``process`` call (None if there was none)."""
+        return sum(self.batch_sizes) / len(self.batch_sizes) if self.batch_sizes else None
+
+    @property
+    def fill_ratio(self) -> float | None:
+        """Mean batch size as a fraction of ``max_batch_size``."""
+        mean = self.mean_batch_size
+        return None if mean is None else mean / self.max_batch_size
+
+    def latency(self, p: float) -> float | None:
+        """The ``p``-th percentile latency in simulated seconds (None if no output)."""
+        return percentile(self.sorted_latencies, p)
+
+    @property
+    def max_latency(self) -> float | None:
+        """The largest latency (None if no caller got its output)."""
+        return self.sorted_latencies[-1] if self.sorted_latencies else None
+
+    def latency_over_time(self, windows: int) -> list[tuple[float, float, float]]:
+        """``(window middle, p50, p99)`` of latencies by arrival time.
+
+        The arrival span is cut into ``windows`` equal windows; windows where
+        no caller got its output are left out.
+        """
+        if not self.ok_arrivals:
+            return []
+        span = max(self.ok_arrivals[-1], 1e-9)
+        width = span / windows
+        buckets: list[list[float]] = [[] for _ in range(windows)]
+        for arrival, latency in zip(self.ok_arrivals, self.ok_latencies, strict=True):
+            buckets[min(int(arrival / width), windows - 1)].append(latency)
+        points = []
+        for index, bucket in enumerate(buckets):
+            if bucket:
+                bucket.sort()
+                p50 = percentile(bucket, 50)
+                p99 = percentile(bucket, 99)
+                assert p50 is not None
+                assert p99 is not None
+                points.append(((index + 0.5) * width, p50, p99))
+        return points
+
+    def summary(self) -> dict[str, object]:
+        """The numbers of the report, as JSON-ready data (latencies in ms)."""
+
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 6)
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 6)
+
+        return {
+            "policy": self.policy,
+            "items": self.items,
+            "ok": self.ok,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "withdrawn": self.withdrawn,
+            "late": self.late,
+            "closed": self.closed,
+            "simulated_seconds": rounded(self.elapsed),
+            "throughput": rounded(self.throughput),
+            "latency_ms": {
+                "p50": ms(self.latency(50)),
+                "p90": ms(self.latency(90)),
+                "p99": ms(self.latency(99)),
+                "max": ms(self.max_latency),
+            },
+            "batches": self.batches,
+            "mean_batch_size": rounded(self.mean_batch_size),
+            "fill_ratio": rounded(self.fill_ratio),
+            "acquisitions": self.acquisitions,
+            "connections_opened": self.connections,
+            "max_queued_items": max((s.queued_items for s in self.samples), default=0),
+            "anomalies": list(self.anomalies),
+        }
+
+
+@final
+@attrs.frozen(kw_only=True, eq=False)
+class SimulationResult:
+    """A scenario and what each of its policies did with the same workload."""
+
+    scenario: Scenario
+    results: tuple[PolicyResult, ...]
+
+    def to_data(self) -> dict[str, object]:
+        """The whole run as JSON-ready data (no wall-clock times: reproducible)."""
+        return {
+            "scenario": scenario_to_data(self.scenario),
+            "results": [result.summary() for result in self.results],
+        }

@@ -1,0 +1,350 @@
+"""Running the real batcher on a workload, in Trio's virtual time.
+
+Each policy gets its own ``trio.run`` with a :class:`trio.testing.MockClock`
+whose ``autojump_threshold`` is 0: whenever every task is blocked, the clock
+jumps to the next deadline. Simulated time, not wall time, drives every delay
+(arrivals, ``process`` costs, connects, timers, timeouts), so a minute of
+traffic takes as long as the Python code needs, not a minute.
+
+Nothing here models the batcher: callers call the real
+:meth:`trio_batch.Batcher.submit`, and the simulated ``process`` and pool only
+sleep for the scenario's costs. Caller tasks are spawned one per arrival into a
+nursery outside the batcher's block; after the last arrival the block is left
+normally, so the batcher drains exactly as in production.
+
+Determinism. The workload and every batch's randomness come from seeded
+generators (see ``_workload``), and events rarely share an instant. But some
+do: a drain makes many batches ready at once, batches of equal size with a
+fixed cost finish together, a caller's timeout can coincide with a timer, and
+with a shared pool the order in which those tasks reach the pool decides who
+waits. Trio deliberately runs simultaneously runnable tasks in a random order
+(from its private ``trio._core._run._r``), and breaks ties between equal
+deadlines by object address. So without help, a run with a pool gave different
+numbers from one process to the next (measured: in the ``web-db`` scenario the
+p50 latency of ``duration:0.002`` differed in its fourth digit). There is no
+public way to fix the order, and the simulated code cannot tell the tied tasks
+apart (``acquire`` only sees the key), so for the duration of each
+``trio.run`` we switch on the deterministic scheduling Trio provides for
+Hypothesis (sort the runnable tasks by creation order, then shuffle them with
+``_r``) and seed ``_r`` from the scenario seed and the policy. Both are
+restored afterwards, also on error. The order stays random-looking, as Trio
+intends, but it is the same in every run and process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from array import array
+from collections.abc import Callable, Iterator
+from typing import Any, Final, final
+
+import trio
+import trio.testing
+
+import trio_batch as tb
+
+from ._pool import ConnectionPool
+from ._results import PolicyResult, Sample, SimulationResult
+from ._scenario import Scenario, policy_label
+from ._workload import Workload, batch_cost, batch_random, generate_workload
+
+__all__ = ["ProgressCallback", "SimulatedFailure", "run_scenario", "simulate_policy"]
+
+#: Called as ``(items done, items in total, what is running)`` as a run progresses.
+ProgressCallback = Callable[[int, int, str], None]
+
+#: Arrivals between two progress reports.
+_PROGRESS_EVERY: Final = 512
+#: Samples of the batcher's statistics over the expected arrival span.
+_SAMPLES: Final = 200
+
+# Outcome codes, one byte per item.
+_PENDING, _OK, _REJECTED, _FAILED, _WITHDRAWN, _LATE, _CLOSED = range(7)
+
+
+class SimulatedFailure(Exception):
+    """What the simulated ``process`` raises for a failed batch."""
+
+
+@contextlib.contextmanager
+def _deterministic_scheduling(seed: str) -> Iterator[None]:
+    """Make Trio's choice among simultaneously runnable tasks a function of ``seed``.
+
+    Uses the hook Trio installs for Hypothesis (see the module docstring for
+    why). If a future Trio moves these internals, the run still works, only
+    without the guarantee.
+    """
+    run_module: Any = sys.modules.get("trio._core._run")
+    scheduler_random = getattr(run_module, "_r", None)
+    if scheduler_random is None or not hasattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        yield
+        return
+    saved_flag = run_module._ALLOW_DETERMINISTIC_SCHEDULING
+    saved_state = scheduler_random.getstate()
+    run_module._ALLOW_DETERMINISTIC_SCHEDULING = True
+    scheduler_random.seed(seed)
+    try:
+        yield
+    finally:
+        run_module._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag
+        scheduler_random.setstate(saved_state)
+
+
+def _is_not_simulated_failure(record: logging.LogRecord) -> bool:
+    return SimulatedFailure.__name__ not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_simulated_failures() -> Iterator[None]:
+    """Keep the library from logging each failure that the scenario asked for."""
+    library_logger = logging.getLogger("trio_batch")
+    library_logger.addFilter(_is_not_simulated_failure)
+    try:
+        yield
+    finally:
+        library_logger.removeFilter(_is_not_simulated_failure)
+
+
+@final
+class _Simulation:
+    """One policy's run: the callers, the simulated ``process``, the sampler."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        workload: Workload,
+        policy: tb.Policy,
+        on_progress: Callable[[int], None],
+    ) -> None:
+        self._scenario = scenario
+        self._workload = workload
+        self._policy = policy
+        self._on_progress = on_progress
+        n = len(workload)
+        self._outcomes = bytearray(n)
+        self._processed = bytearray(n)
+        self._latency: array[float] = array("d", bytes(8 * n))
+        self._batch_sizes: list[int] = []
+        self._samples: list[Sample] = []
+        # What went wrong -> (how often, the first example).
+        self._anomalies: dict[str, tuple[int, str]] = {}
+        self._running: dict[int, int] = {}  # key -> process calls in progress
+        self._entered = 0
+        self._all_entered = trio.Event()
+        self._pool: ConnectionPool | None = None
+
+    def _anomaly(self, what: str, example: str) -> None:
+        """Record a broken library guarantee (the first example is kept)."""
+        count, first = self._anomalies.get(what, (0, example))
+        self._anomalies[what] = (count + 1, first)
+
+    # -- the simulated process -----------------------------------------------------
+
+    async def _process(self, key: int, inputs: list[int]) -> list[int]:
+        limits = self._scenario.limits
+        processed = self._processed
+        for item in inputs:
+            if processed[item]:
+                self._anomaly("an item was passed to process twice", f"item {item}")
+            processed[item] = 1
+        if len(inputs) > limits.max_batch_size:
+            self._anomaly("a batch exceeded max_batch_size", f"{len(inputs)} items")
+        running = self._running[key] = self._running.get(key, 0) + 1
+        if running > limits.max_key_concurrency:
+            self._anomaly(
+                "a key had more than max_key_concurrency batches processing",
+                f"key {key}: {running}",
+            )
+        self._batch_sizes.append(len(inputs))
+        rng = batch_random(self._scenario.seed, inputs[0])
+        try:
+            await trio.sleep(batch_cost(self._scenario.process, len(inputs), rng))
+        finally:
+            remaining = self._running[key] - 1
+            if remaining:
+                self._running[key] = remaining
+            else:
+                del self._running[key]
+        error_rate = self._scenario.process.error_rate
+        if error_rate and rng.random() < error_rate:
+            raise SimulatedFailure(f"simulated failure of a batch of {len(inputs)}")
+        return inputs
+
+    async def _process_with_connection(
+        self, key: int, inputs: list[int], connection: int
+    ) -> list[int]:
+        return await self._process(key, inputs)
+
+    # -- callers -----------------------------------------------------------------------
+
+    async def _submit(self, batcher: tb.Batcher[int, int, int], item: int) -> int:
+        """Submit ``item`` and return its outcome code (cancellation propagates)."""
+        try:
+            output = await batcher.submit(self._workload.keys[item], item)
+        except tb.Rejected:
+            return _REJECTED
+        except tb.BatcherClosed:
+            return _CLOSED
+        except tb.BatchError:
+            return _FAILED
+        if output != item:
+            self._anomaly("a caller got another item's output", f"item {item}: {output}")
+        self._latency[item] = trio.current_time() - self._workload.times[item]
+        return _OK
+
+    async def _caller(self, batcher: tb.Batcher[int, int, int], item: int) -> None:
+        self._entered += 1
+        if self._entered == len(self._workload):
+            self._all_entered.set()
+        timeout = self._workload.timeouts[item]
+        if timeout == math.inf:
+            self._outcomes[item] = await self._submit(batcher, item)
+            return
+        code = _PENDING
+        with trio.move_on_after(timeout):
+            code = await self._submit(batcher, item)
+        if code == _PENDING:  # gave up: before its batch began processing, or after?
+            code = _LATE if self._processed[item] else _WITHDRAWN
+        self._outcomes[item] = code
+
+    async def _arrive(self, batcher: tb.Batcher[int, int, int], callers: trio.Nursery) -> None:
+        """Spawn one caller per arrival, then wait until every one has submitted."""
+        times = self._workload.times
+        n = len(times)
+        for item in range(n):
+            await trio.sleep_until(times[item])
+            callers.start_soon(self._caller, batcher, item)
+            if item % _PROGRESS_EVERY == 0:
+                self._on_progress(item)
+        # Leaving the block now would close the batcher under the feet of
+        # callers that have been spawned but have not run yet.
+        if n:
+            await self._all_entered.wait()
+        self._on_progress(n)
+
+    async def _sample(self, batcher: tb.Batcher[int, int, int], interval: float) -> None:
+        tick = 0
+        while True:
+            stats = batcher.statistics()
+            self._samples.append(
+                Sample(trio.current_time(), stats.queued_items, stats.processing_batches)
+            )
+            tick += 1
+            await trio.sleep_until(tick * interval)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> PolicyResult:
+        scenario = self._scenario
+        interval = scenario.sample_interval or scenario.expected_span / _SAMPLES
+        name = f"sim {policy_label(self._policy)}"
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as callers:
+                if scenario.pool is None:
+                    batcher_cm = tb.open_batcher(
+                        self._process, policy=self._policy, limits=scenario.limits, name=name
+                    )
+                else:
+                    pool = self._pool = ConnectionPool(scenario.pool.size, scenario.pool.connect)
+                    batcher_cm = tb.open_batcher(
+                        self._process_with_connection,
+                        acquire=pool.connection,
+                        policy=self._policy,
+                        limits=scenario.limits,
+                        name=name,
+                    )
+                async with batcher_cm as batcher:
+                    outer.start_soon(self._sample, batcher, interval)
+                    await self._arrive(batcher, callers)
+            # Drained, and every caller has its outcome.
+            elapsed = trio.current_time()
+            outer.cancel_scope.cancel()
+        return self._result(elapsed)
+
+    def _result(self, elapsed: float) -> PolicyResult:
+        outcomes = self._outcomes
+        counts = [outcomes.count(code) for code in range(7)]
+        for item, code in enumerate(outcomes):
+            if code == _PENDING:
+                self._anomaly("a caller never got an outcome", f"item {item}")
+            elif code == _CLOSED:
+                self._anomaly("a caller got BatcherClosed", f"item {item}")
+            elif code == _WITHDRAWN and self._processed[item]:
+                self._anomaly("a withdrawn item was processed", f"item {item}")
+            elif code == _OK and not self._processed[item]:
+                self._anomaly("a caller got an output for an unprocessed item", f"item {item}")
+        times = self._workload.times
+        ok_items = [item for item, code in enumerate(outcomes) if code == _OK]
+        pool = self._pool
+        return PolicyResult(
+            policy=policy_label(self._policy),
+            items=len(outcomes),
+            ok=counts[_OK],
+            rejected=counts[_REJECTED],
+            failed=counts[_FAILED],
+            withdrawn=counts[_WITHDRAWN],
+            late=counts[_LATE],
+            closed=counts[_CLOSED],
+            elapsed=elapsed,
+            batch_sizes=tuple(self._batch_sizes),
+            max_batch_size=self._scenario.limits.max_batch_size,
+            ok_arrivals=tuple(times[item] for item in ok_items),
+            ok_latencies=tuple(self._latency[item] for item in ok_items),
+            samples=tuple(self._samples),
+            acquisitions=0 if pool is None else pool.acquisitions,
+            connections=0 if pool is None else pool.opened,
+            anomalies=tuple(
+                f"{what}: {count} time(s), first {example}"
+                for what, (count, example) in self._anomalies.items()
+            ),
+        )
+
+
+def simulate_policy(
+    scenario: Scenario,
+    workload: Workload,
+    policy: tb.Policy,
+    on_progress: Callable[[int], None] | None = None,
+) -> PolicyResult:
+    """Run ``workload`` through a real batcher with ``policy``, in virtual time.
+
+    Must not be called from inside a Trio run (it starts its own).
+    """
+    simulation = _Simulation(scenario, workload, policy, on_progress or (lambda _done: None))
+    with (
+        _deterministic_scheduling(f"{scenario.seed}:{policy_label(policy)}"),
+        _quiet_simulated_failures(),
+    ):
+        return trio.run(simulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def run_scenario(
+    scenario: Scenario, *, on_progress: ProgressCallback | None = None
+) -> SimulationResult:
+    """Simulate every policy of ``scenario`` on the same workload.
+
+    Args:
+        scenario: what to simulate.
+        on_progress: optional ``(items done, items in total, policy)`` callback,
+            called every few hundred arrivals.
+
+    Returns:
+        One result per policy, in the scenario's order. The numbers depend only
+        on the scenario (seed included), never on wall time or the process.
+    """
+    workload = generate_workload(scenario)
+    n = len(workload)
+    total = n * len(scenario.policies)
+    results = []
+    for index, policy in enumerate(scenario.policies):
+        label = f"{policy_label(policy)} ({index + 1}/{len(scenario.policies)})"
+
+        def report(done: int, offset: int = index * n, label: str = label) -> None:
+            if on_progress is not None:
+                on_progress(offset + done, total, label)
+
+        results.append(simulate_policy(scenario, workload, policy, report))
+    return SimulationResult(scenario=scenario, results=tuple(results))
