@@ -38,6 +38,7 @@ def test_readme_example_runs() -> None:
     import sys
 
     text = (ROOT / "README.md").read_text()
+    assert (ROOT / "docs" / "_static" / "latency_cdf.png").exists()
     example = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
     result = subprocess.run(
         [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False

@@ -133,7 +133,8 @@ class OnFull(enum.Enum):
     #: The full batch is ready at once; a later item opens a new batch.
     PROCESS = "process"
     #: The full batch still waits for its timer; items that arrive while the
-    #: newest batch is full are :exc:`~trio_batch.Rejected`.
+    #: newest batch is full are :exc:`~trio_batch.Rejected` (with
+    #: ``Limits(overflow=Overflow.WAIT)`` they wait for the next batch instead).
     REJECT = "reject"
 
 
@@ -195,7 +196,8 @@ class Duration:
         on_full: what a batch that fills before its timer does.
             :attr:`OnFull.PROCESS` (default): it is ready at once.
             :attr:`OnFull.REJECT`: it still waits for its timer, and items that
-            arrive while the newest batch is full are rejected.
+            arrive while the newest batch is full are rejected (or, with
+            ``Overflow.WAIT``, wait for room in the next batch).
         deadline_margin: deadline awareness. When a caller's effective Trio
             deadline (:func:`trio.current_effective_deadline` at ``submit``)
             leaves too little time, its batch's timer moves earlier, to::
