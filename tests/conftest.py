@@ -7,6 +7,7 @@ and the tests assert exact instants.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
@@ -221,3 +222,8 @@ class ResourceRecorder(Recorder):
         self.seen.append((resource, self.resources.kinds()))
         self.tasks.append(trio.lowlevel.current_task())
         return await self(key, inputs)
+
+
+#: Property tests run a quick profile by default (what CI runs);
+#: ``HYPOTHESIS_PROFILE=thorough`` runs ten times as many examples.
+EXAMPLE_SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1

@@ -198,7 +198,7 @@ async def test_acquire_is_released_on_teardown(autojump_clock: trio.testing.Mock
     process = ResourceRecorder(resources, delay=10.0)
     outcomes = Outcomes()
     async with trio.open_nursery() as nursery:
-        with pytest.raises(MyError):  # noqa: PT012 - the whole block is under test
+        with pytest.raises(MyError):
             async with tb.open_batcher(process.with_resource, acquire=resources) as batcher:
                 outcomes.spawn(nursery, batcher, "x", "x1")  # processing at 1.0
                 await sleep_until(0.75)

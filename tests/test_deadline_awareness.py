@@ -23,8 +23,9 @@ def recorder(calls: Calls, delay: float = 0.0):  # type: ignore[no-untyped-def]
 
 
 def test_deadline_margin_validation() -> None:
-    assert tb.Duration(1.0).deadline_margin == 0.0
-    assert tb.Duration(1.0, deadline_margin=None).deadline_margin is None
+    # Opt-in: a plain Duration keeps the spec's meaning (the timer is the delay).
+    assert tb.Duration(1.0).deadline_margin is None
+    assert tb.Duration(1.0, deadline_margin=0.0).deadline_margin == 0.0
     with pytest.raises(ValueError, match=r"^deadline_margin must be >= 0, got -0.1"):
         tb.Duration(1.0, deadline_margin=-0.1)
     with pytest.raises(ValueError, match=r"^deadline_margin must be >= 0"):
@@ -88,11 +89,11 @@ async def test_deadline_later_than_timer_changes_nothing(
     assert calls == [([0], 2.0)]
 
 
-async def test_deadlines_ignored_when_margin_is_none(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("policy", [tb.Duration(2.0), tb.Duration(2.0, deadline_margin=None)])
+async def test_deadlines_ignored_by_default_and_when_margin_is_none(
+    autojump_clock: trio.testing.MockClock, policy: tb.Duration
 ) -> None:
     calls: Calls = []
-    policy = tb.Duration(2.0, deadline_margin=None)
     async with tb.open_batcher(recorder(calls), policy=policy) as b:
         with trio.move_on_after(1.0):
             await b.submit("k", 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 
 import hypothesis.strategies as st
+from conftest import EXAMPLE_SCALE
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -340,4 +341,6 @@ class KeyStateMachine(RuleBasedStateMachine):
 
 
 TestKeyState = KeyStateMachine.TestCase
-TestKeyState.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
+TestKeyState.settings = settings(
+    max_examples=400 * EXAMPLE_SCALE, stateful_step_count=50, deadline=None
+)

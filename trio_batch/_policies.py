@@ -211,8 +211,10 @@ class Duration:
             timeout shortens the wait instead of turning into a cancellation.
             A batch's timer only ever moves earlier (a caller that withdraws
             does not move it back); a time already past starts the batch at
-            once. ``None`` ignores callers' deadlines. Default 0 (rely on the
-            measured batch duration alone).
+            once. ``None`` (the default) ignores callers' deadlines, so the
+            timer is exactly ``delay_seconds``; ``0`` relies on the measured
+            batch duration alone. Opt-in, because it starts batches earlier
+            than the timer for callers with deadlines.
 
     Raises:
         ValueError: ``delay_seconds`` or ``deadline_margin`` is negative or NaN.
@@ -222,7 +224,7 @@ class Duration:
     on_full: OnFull = attrs.field(
         default=OnFull.PROCESS, validator=attrs.validators.instance_of(OnFull)
     )
-    deadline_margin: float | None = attrs.field(default=0.0, validator=_check_margin, kw_only=True)
+    deadline_margin: float | None = attrs.field(default=None, validator=_check_margin, kw_only=True)
 
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return batch.expired or (batch.filled and self.on_full is OnFull.PROCESS)

@@ -411,7 +411,7 @@ def parse_policy(spec: str) -> tb.Policy:
         build = tb.Size
     elif kind == "duration" and 1 <= len(args) <= 3:
         mode = tb.OnFull.PROCESS
-        margin = "0"
+        margin = "none"  # as in the library: deadline awareness is opt-in
         for option in args[1:]:
             if option in on_full:
                 mode = on_full[option]
@@ -448,9 +448,7 @@ def policy_label(policy: tb.Policy) -> str:
         if policy.on_full is tb.OnFull.REJECT:
             label += ":reject"
         margin = policy.deadline_margin
-        if margin is None:
-            label += ":margin=none"
-        elif margin != 0:
+        if margin is not None:
             label += f":margin={float(margin)!r}"
         return label
     return f"balanced:{policy.min_size_hint}"

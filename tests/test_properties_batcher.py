@@ -1,0 +1,802 @@
+"""Property test of the async layer: scripts of submits, cancellations, sleeps and
+failures against the real batcher, in virtual time, with every rule of the spec
+checked at the end of each example.
+
+Hypothesis rules cannot be ``async`` under pytest-trio, so the test is a plain
+function: each example is one ``trio.run`` with an autojumping ``MockClock``.
+Trio makes its scheduler deterministic under Hypothesis, so failures shrink and
+replay.
+
+The harness orders events with a global sequence number as well as virtual time:
+a cancel requested by the script and a ``process`` call that begins in the same
+virtual instant are still ordered exactly.
+
+Set ``HYPOTHESIS_PROFILE=thorough`` for a longer run.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias, cast
+
+import pytest
+import trio
+import trio.testing
+from conftest import EXAMPLE_SCALE
+from hypothesis import given, settings, strategies as st
+
+import trio_batch as tb
+
+MAX_EXAMPLES = 1500 * EXAMPLE_SCALE
+
+KEYS = ("a", "b")
+# Virtual seconds after which a run counts as hung (scripts last well under 100 s).
+HANG_GUARD_SECONDS = 10_000.0
+EPS = 1e-9
+
+Output: TypeAlias = tuple[str, int]
+OutcomeKind: TypeAlias = Literal["output", "error", "cancelled", "type_error", "unexpected"]
+Batcher: TypeAlias = tb.Batcher[str, int, Output]
+
+
+# --------------------------------------------------------------------------------------
+# The script
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Spawn a caller task that submits a fresh item; optionally with a timeout."""
+
+    key: str
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class SubmitUnhashable:
+    """Spawn a caller that submits with an unhashable key: ``TypeError``, nothing queued."""
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelCaller:
+    """Cancel the scope of caller ``index % number_of_callers`` (if any)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class FailNextBatch:
+    """The next ``process`` call for ``key`` raises."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class BreakNextBatch:
+    """The next ``process`` call for ``key`` returns one output too few."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Wait until every task is blocked, then compare ``statistics()`` with the record."""
+
+
+Operation: TypeAlias = (
+    Submit | SubmitUnhashable | Sleep | CancelCaller | FailNextBatch | BreakNextBatch | Settle
+)
+
+
+class FinalPause(enum.Enum):
+    """What the body does between the script and its end."""
+
+    NONE = "nothing: callers spawned last submit after the body ended"
+    CHECKPOINT = "one checkpoint: every spawned caller has submitted"
+    SETTLE = "wait until every task is blocked"
+
+
+class Ending(enum.Enum):
+    DRAIN = "the body returns"
+    RAISE = "the body raises"
+    CANCEL = "the block is cancelled from outside"
+    DRAIN_THEN_CANCEL = "the body returns, then the drain is cancelled from outside"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    policy: tb.Policy
+    limits: tb.Limits
+    use_acquire: bool
+    acquire_delay: float
+    failing_acquire_keys: frozenset[str]
+    process_delay: float
+    script: tuple[Operation, ...]
+    settle_after_sleeps: bool  # an implicit Settle after every Sleep
+    final_pause: FinalPause
+    ending: Ending
+    drain_cancel_delay: float
+    late_submit: bool
+
+
+# --------------------------------------------------------------------------------------
+# Strategies
+
+keys = st.sampled_from(KEYS)
+delays = st.sampled_from([0.0, 0.5, 1.0])
+
+submits = st.builds(
+    Submit, key=keys, timeout=st.sampled_from([None, None, None, 0.0, 0.25, 0.5, 1.0, 1.5])
+)
+sleeps = st.builds(Sleep, seconds=st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+mistakes = st.one_of(
+    st.builds(FailNextBatch, key=keys),
+    st.builds(BreakNextBatch, key=keys),
+    st.just(SubmitUnhashable()),
+)
+# Weights by repetition (one_of would give each kind the same share): most of a
+# script is submits and sleeps.
+OPERATION_KINDS: dict[str, st.SearchStrategy[Operation]] = {
+    "submit": submits,
+    "sleep": sleeps,
+    "cancel": st.builds(CancelCaller, index=st.integers(0, 40)),
+    "settle": st.just(Settle()),
+    "mistake": mistakes,
+}
+WEIGHTED_KINDS = ["submit"] * 5 + ["sleep"] * 3 + ["cancel", "cancel", "settle", "mistake"]
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> Operation:
+    return draw(OPERATION_KINDS[draw(st.sampled_from(WEIGHTED_KINDS))])
+
+
+def policies(max_batch_size: int) -> st.SearchStrategy[tb.Policy]:
+    return st.one_of(
+        st.just(tb.Immediate()),
+        st.just(tb.Size()),
+        st.builds(tb.Duration, delays, st.sampled_from(tb.OnFull)),
+        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
+    )
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    limits = tb.Limits(
+        max_batch_size=draw(st.integers(1, 5)),
+        max_key_concurrency=draw(st.integers(1, 3)),
+        max_batch_queue_size=draw(st.integers(1, 4)),
+    )
+    use_acquire = draw(st.booleans())
+    return Scenario(
+        policy=draw(policies(limits.max_batch_size)),
+        limits=limits,
+        use_acquire=use_acquire,
+        acquire_delay=draw(st.sampled_from([0.0, 0.25, 0.5])) if use_acquire else 0.0,
+        failing_acquire_keys=(
+            draw(st.frozensets(keys, max_size=1)) if use_acquire else frozenset()
+        ),
+        process_delay=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+        script=tuple(draw(st.lists(operations(), min_size=4, max_size=40))),
+        settle_after_sleeps=draw(st.booleans()),
+        final_pause=draw(st.sampled_from(FinalPause)),
+        ending=draw(st.sampled_from([Ending.DRAIN, *Ending])),
+        drain_cancel_delay=draw(st.sampled_from([0.0, 0.25, 1.0])),
+        late_submit=draw(st.booleans()),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# What happened
+
+
+class ProcessBoom(Exception):
+    pass
+
+
+class AcquireBoom(Exception):
+    pass
+
+
+class BodyBoom(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    value: object
+    seq: int
+    time: float
+
+
+@dataclass
+class Caller:
+    index: int  # also the submitted item
+    key: str
+    scope: trio.CancelScope
+    deadline: float  # math.inf without a timeout
+    unhashable_key: bool = False
+    submit_seq: int | None = None
+    submit_time: float | None = None
+    cancel_seq: int | None = None  # explicit cancel by the script
+    cancel_time: float | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def cancel_requested_at(self) -> float:
+        """When this caller's cancellation was first requested (inf if never)."""
+        explicit = math.inf if self.cancel_time is None else self.cancel_time
+        return min(explicit, self.deadline)
+
+
+@dataclass
+class ProcessCall:
+    key: str
+    inputs: tuple[int, ...]
+    resource: str | None
+    mode: Literal["ok", "fail", "break"]
+    start_seq: int
+    start_time: float
+    returned: bool = False
+    error: ProcessBoom | None = None
+
+
+class Run:
+    """One example: the fakes handed to the batcher, the script runner, and the record."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.sc = scenario
+        self._seq = itertools.count()
+        self.callers: list[Caller] = []
+        self.calls: list[ProcessCall] = []
+        self.pending_modes: defaultdict[str, deque[Literal["fail", "break"]]] = defaultdict(deque)
+        # Started batches per key, as the fakes see them: live acquire contexts, or
+        # live process calls when there is no acquire.
+        self.live: Counter[str] = Counter()
+        self.max_live: Counter[str] = Counter()
+        self.acquire_enters = 0
+        self.acquire_exits = 0
+        self.settle_failures: list[str] = []
+        self.boom = BodyBoom("from the body")
+        self.batcher: Batcher | None = None
+        self.escaped: BaseException | None = None
+        self.outer_cancelled_caught = False
+        self.body_end_seq = math.inf
+        self.body_end_time = math.inf
+        self.teardown_deadline = math.inf
+        self.block_exit_time = math.inf
+        self.live_at_exit = -1
+        self.stats_after: tuple[int, int, int] | None = None
+        self.pending_at_body_end = 0
+        self.live_at_body_end = 0
+
+    def mark(self) -> tuple[int, float]:
+        return next(self._seq), trio.current_time()
+
+    # ---- fakes ------------------------------------------------------------------------
+
+    def _slot_taken(self, key: str) -> None:
+        self.live[key] += 1
+        self.max_live[key] = max(self.max_live[key], self.live[key])
+
+    @asynccontextmanager
+    async def acquire(self, key: str) -> AsyncIterator[str]:
+        self.acquire_enters += 1
+        self._slot_taken(key)
+        try:
+            await trio.sleep(self.sc.acquire_delay)
+            if key in self.sc.failing_acquire_keys:
+                raise AcquireBoom(key)
+            yield f"resource-{key}"
+        finally:
+            self.acquire_exits += 1
+            self.live[key] -= 1
+
+    async def _process(self, key: str, inputs: list[int], resource: str | None) -> list[Output]:
+        seq, now = self.mark()
+        modes = self.pending_modes[key]
+        mode: Literal["ok", "fail", "break"] = modes.popleft() if modes else "ok"
+        call = ProcessCall(key, tuple(inputs), resource, mode, seq, now)
+        self.calls.append(call)
+        if not self.sc.use_acquire:
+            self._slot_taken(key)
+        try:
+            await trio.sleep(self.sc.process_delay)
+            if mode == "fail":
+                call.error = ProcessBoom(key)
+                raise call.error
+            outputs = [(key, item) for item in inputs]
+            call.returned = True
+            return outputs[:-1] if mode == "break" else outputs
+        finally:
+            if not self.sc.use_acquire:
+                self.live[key] -= 1
+
+    async def process(self, key: str, inputs: list[int]) -> list[Output]:
+        return await self._process(key, inputs, None)
+
+    async def process_with_resource(
+        self, key: str, inputs: list[int], resource: str
+    ) -> list[Output]:
+        return await self._process(key, inputs, resource)
+
+    def open_batcher(self) -> AbstractAsyncContextManager[Batcher]:
+        if self.sc.use_acquire:
+            return tb.open_batcher(
+                self.process_with_resource,
+                acquire=self.acquire,
+                policy=self.sc.policy,
+                limits=self.sc.limits,
+                name="property",
+            )
+        return tb.open_batcher(
+            self.process, policy=self.sc.policy, limits=self.sc.limits, name="property"
+        )
+
+    # ---- callers and script -----------------------------------------------------------
+
+    def _record(self, caller: Caller, kind: OutcomeKind, value: object) -> None:
+        seq, now = self.mark()
+        caller.outcomes.append(Outcome(kind, value, seq, now))
+
+    async def call_submit(self, batcher: Batcher, caller: Caller) -> None:
+        with caller.scope:
+            caller.submit_seq, caller.submit_time = self.mark()
+            try:
+                key = cast(str, [caller.key]) if caller.unhashable_key else caller.key
+                output = await batcher.submit(key, caller.index)
+            except trio.Cancelled:
+                self._record(caller, "cancelled", None)
+                raise
+            except tb.BatchError as exc:
+                self._record(caller, "error", exc)
+            except TypeError as exc:
+                self._record(caller, "type_error", exc)
+            except Exception as exc:
+                self._record(caller, "unexpected", exc)
+            else:
+                self._record(caller, "output", output)
+
+    def spawn_caller(
+        self,
+        nursery: trio.Nursery,
+        batcher: Batcher,
+        key: str,
+        timeout: float | None,
+        *,
+        unhashable_key: bool = False,
+    ) -> None:
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        scope = trio.CancelScope(deadline=deadline)
+        caller = Caller(len(self.callers), key, scope, deadline, unhashable_key)
+        self.callers.append(caller)
+        nursery.start_soon(self.call_submit, batcher, caller)
+
+    def _processed_items(self) -> set[int]:
+        return {item for call in self.calls for item in call.inputs}
+
+    def check_settled(self, batcher: Batcher) -> None:
+        """Every task is blocked: compare the batcher's state with the record."""
+        now = trio.current_time()
+        processed = self._processed_items()
+        queued = [
+            c
+            for c in self.callers
+            if c.submit_seq is not None and not c.outcomes and c.index not in processed
+        ]
+        # statistics() is exact: each started batch sits in acquire or process now.
+        stats = batcher.statistics()
+        active = {c.key for c in queued} | {k for k, n in self.live.items() if n > 0}
+        expected = (len(active), len(queued), sum(self.live.values()))
+        got = (stats.active_keys, stats.queued_items, stats.processing_batches)
+        if got != expected:
+            self.settle_failures.append(
+                f"at t={now}: statistics (active_keys, queued_items, "
+                f"processing_batches) = {got}, expected {expected}"
+            )
+        limits = self.sc.limits
+        policy = self.sc.policy
+        rejects_when_full = isinstance(policy, tb.Duration) and policy.on_full is tb.OnFull.REJECT
+        for key in KEYS:
+            waiting = [c for c in queued if c.key == key]
+            if not waiting:
+                continue
+            # A key's queue holds at most max_batch_queue_size batches of at most
+            # max_batch_size items; with OnFull.REJECT only one batch (it rejects
+            # rather than open a second batch while the newest is full).
+            most = limits.max_batch_size
+            if not rejects_when_full:
+                most *= limits.max_batch_queue_size
+            if len(waiting) > most:
+                self.settle_failures.append(
+                    f"at t={now}: {len(waiting)} items queued for {key!r}, at most {most} fit"
+                )
+            # Liveness: nothing waits that its policy would have started. Without
+            # acquire, a started batch is processing, so every waiting item is in a
+            # batch that has not started.
+            started = self.live[key]
+            slot_free = started < limits.max_key_concurrency
+            if isinstance(policy, tb.Immediate | tb.Balanced) and started == 0:
+                self.settle_failures.append(
+                    f"at t={now}: {policy} left {len(waiting)} items of {key!r} waiting "
+                    f"with no batch started"
+                )
+            if self.sc.use_acquire or not slot_free:
+                continue
+            if isinstance(policy, tb.Immediate):
+                self.settle_failures.append(
+                    f"at t={now}: Immediate left {len(waiting)} items of {key!r} waiting "
+                    f"with a slot free"
+                )
+            if isinstance(policy, tb.Duration):
+                # The oldest batch's timer started no later than its oldest item.
+                oldest = min(c.submit_time or 0.0 for c in waiting)
+                if now >= oldest + policy.delay_seconds - EPS:
+                    self.settle_failures.append(
+                        f"at t={now}: {policy} left an item of {key!r} from t={oldest} "
+                        f"waiting with a slot free"
+                    )
+
+    async def run_script(self, batcher: Batcher, nursery: trio.Nursery) -> None:
+        for op in self.sc.script:
+            match op:
+                case Submit(key, timeout):
+                    self.spawn_caller(nursery, batcher, key, timeout)
+                case SubmitUnhashable():
+                    self.spawn_caller(nursery, batcher, KEYS[0], None, unhashable_key=True)
+                case Sleep(seconds):
+                    await trio.sleep(seconds)
+                    if self.sc.settle_after_sleeps:
+                        await trio.testing.wait_all_tasks_blocked()
+                        self.check_settled(batcher)
+                case CancelCaller(index):
+                    if self.callers:
+                        caller = self.callers[index % len(self.callers)]
+                        if caller.cancel_seq is None:
+                            caller.cancel_seq, caller.cancel_time = self.mark()
+                        caller.scope.cancel()
+                case FailNextBatch(key):
+                    self.pending_modes[key].append("fail")
+                case BreakNextBatch(key):
+                    self.pending_modes[key].append("break")
+                case Settle():
+                    await trio.testing.wait_all_tasks_blocked()
+                    self.check_settled(batcher)
+
+    async def body(self, batcher: Batcher, nursery: trio.Nursery, outer: trio.CancelScope) -> None:
+        await self.run_script(batcher, nursery)
+        match self.sc.final_pause:
+            case FinalPause.NONE:
+                pass
+            case FinalPause.CHECKPOINT:
+                await trio.lowlevel.checkpoint()
+            case FinalPause.SETTLE:
+                await trio.testing.wait_all_tasks_blocked()
+        self.body_end_seq, self.body_end_time = self.mark()
+        processed = self._processed_items()
+        self.pending_at_body_end = sum(
+            1 for c in self.callers if not c.outcomes and c.index not in processed
+        )
+        self.live_at_body_end = sum(self.live.values())
+        match self.sc.ending:
+            case Ending.DRAIN:
+                pass
+            case Ending.RAISE:
+                raise self.boom
+            case Ending.CANCEL:
+                outer.cancel()
+                try:
+                    await trio.lowlevel.checkpoint()
+                finally:
+                    # Callers spawned last ran during that checkpoint, while the body
+                    # was still running: the body ends only now.
+                    self.body_end_seq, self.body_end_time = self.mark()
+            case Ending.DRAIN_THEN_CANCEL:
+                self.teardown_deadline = outer.deadline = (
+                    trio.current_time() + self.sc.drain_cancel_delay
+                )
+
+    async def main(self) -> None:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            async with trio.open_nursery() as nursery:
+                outer = trio.CancelScope()
+                with outer:
+                    try:
+                        async with self.open_batcher() as batcher:
+                            self.batcher = batcher
+                            await self.body(batcher, nursery, outer)
+                    except BaseException as exc:
+                        self.escaped = exc
+                        if isinstance(exc, trio.Cancelled):
+                            raise
+                _, self.block_exit_time = self.mark()
+                self.outer_cancelled_caught = outer.cancelled_caught
+                self.live_at_exit = sum(self.live.values())
+                if self.batcher is not None:
+                    stats = self.batcher.statistics()
+                    self.stats_after = (
+                        stats.active_keys,
+                        stats.queued_items,
+                        stats.processing_batches,
+                    )
+                    if self.sc.late_submit:
+                        self.spawn_caller(nursery, self.batcher, KEYS[0], None)
+
+
+# --------------------------------------------------------------------------------------
+# The checks
+
+
+def check_ending(run: Run) -> float:
+    """Check how the block ended; return the teardown time (inf after a full drain)."""
+    sc = run.sc
+    match sc.ending:
+        case Ending.DRAIN:
+            assert run.escaped is None, f"drain raised {run.escaped!r}"
+        case Ending.RAISE:
+            assert run.escaped is run.boom, (
+                f"the body's exception came out as {run.escaped!r}, not as itself"
+            )
+        case Ending.CANCEL:
+            assert isinstance(run.escaped, trio.Cancelled), f"got {run.escaped!r}"
+            assert run.outer_cancelled_caught
+        case Ending.DRAIN_THEN_CANCEL:
+            assert run.escaped is None or isinstance(run.escaped, trio.Cancelled), (
+                f"got {run.escaped!r}"
+            )
+    if sc.ending in (Ending.RAISE, Ending.CANCEL):
+        teardown_time = run.body_end_time
+    elif run.escaped is not None:
+        teardown_time = run.teardown_deadline
+    else:
+        return math.inf
+    assert run.block_exit_time == teardown_time, (
+        f"teardown at t={teardown_time} was not prompt: block exited at t={run.block_exit_time}"
+    )
+    return teardown_time
+
+
+def check_calls(run: Run) -> dict[int, ProcessCall]:
+    """Check every process call; return item -> the call that processed it."""
+    sc = run.sc
+    by_index = {c.index: c for c in run.callers}
+    processed_in: dict[int, ProcessCall] = {}
+    for call in run.calls:
+        assert 1 <= len(call.inputs) <= sc.limits.max_batch_size, (
+            f"process({call.key!r}, {list(call.inputs)}) breaks 1 <= len(inputs) <= "
+            f"max_batch_size={sc.limits.max_batch_size}"
+        )
+        if sc.use_acquire:
+            assert call.resource == f"resource-{call.key}", f"wrong resource {call.resource!r}"
+        for item in call.inputs:
+            assert item not in processed_in, f"item {item} processed twice"
+            processed_in[item] = call
+            caller = by_index[item]
+            assert caller.key == call.key, f"item {item} of {caller.key!r} in a {call.key!r} batch"
+            assert caller.submit_seq is not None
+            assert caller.submit_seq < call.start_seq, f"item {item} processed before submitted"
+        seqs = [by_index[item].submit_seq or 0 for item in call.inputs]
+        assert seqs == sorted(seqs), f"inputs {list(call.inputs)} not in submit order"
+    for key, most in run.max_live.items():
+        assert most <= sc.limits.max_key_concurrency, (
+            f"{most} batches of {key!r} started at once, "
+            f"max_key_concurrency={sc.limits.max_key_concurrency}"
+        )
+    # FIFO between batches of one key: the acquire delay is the same for every batch,
+    # so an older item's batch never begins processing after a younger item's batch.
+    for key in KEYS:
+        items = sorted(
+            (c for c in run.callers if c.key == key and c.index in processed_in),
+            key=lambda c: c.submit_seq or 0,
+        )
+        for older, younger in itertools.pairwise(items):
+            a, b = processed_in[older.index], processed_in[younger.index]
+            assert a.start_time <= b.start_time, (
+                f"item {older.index} submitted before item {younger.index} of {key!r}, "
+                f"but processed at t={a.start_time} > t={b.start_time}"
+            )
+    return processed_in
+
+
+def outstanding_when_rejected(run: Run, rejected: Caller, outcome: Outcome) -> int:
+    """An upper bound on the items queued for ``rejected.key`` when it was rejected."""
+    assert rejected.submit_seq is not None
+    count = 0
+    processed_in = {item: call for call in run.calls for item in call.inputs}
+    for other in run.callers:
+        if other is rejected or other.key != rejected.key or other.unhashable_key:
+            continue
+        if other.submit_seq is None:
+            continue
+        if other.submit_seq > outcome.seq:
+            continue  # arrived after
+        other_outcome = other.outcomes[0]
+        if isinstance(other_outcome.value, tb.Rejected):
+            continue
+        if other_outcome.seq < rejected.submit_seq:
+            continue  # already done
+        call = processed_in.get(other.index)
+        if call is not None and call.start_seq < rejected.submit_seq:
+            continue  # already processing, so out of the queue
+        count += 1
+    return count
+
+
+def check_caller(
+    run: Run, caller: Caller, processed_in: dict[int, ProcessCall], teardown_time: float
+) -> None:
+    sc = run.sc
+    assert len(caller.outcomes) == 1, f"caller {caller.index}: outcomes {caller.outcomes}"
+    outcome = caller.outcomes[0]
+    call = processed_in.get(caller.index)
+    late = caller.submit_seq is not None and caller.submit_seq > run.body_end_seq
+    what = f"caller {caller.index} (key {caller.key!r}) got {outcome.value!r} at t={outcome.time}"
+
+    assert outcome.kind != "unexpected", what
+    cancel_at = caller.cancel_requested_at()
+    assert outcome.time <= cancel_at, f"{what}: still waiting after its cancel at t={cancel_at}"
+
+    if caller.unhashable_key:
+        assert call is None, f"{what}: processed with an unhashable key"
+        if outcome.kind == "type_error" or outcome.kind == "cancelled":
+            return
+        assert late, f"{what}: an unhashable key must raise TypeError"
+    assert outcome.kind != "type_error", what
+
+    if outcome.kind == "cancelled":
+        assert caller.scope.cancelled_caught, f"caller {caller.index}: Cancelled not its own"
+        if call is not None:
+            # Processed although cancelled: the cancel must not precede process().
+            explicit = caller.cancel_time is not None and caller.cancel_time < caller.deadline
+            if explicit:
+                assert caller.cancel_seq is not None
+                assert caller.cancel_seq > call.start_seq, (
+                    f"caller {caller.index} was cancelled at t={caller.cancel_time} before "
+                    f"its batch began processing, yet item was processed at t={call.start_time}"
+                )
+            else:
+                assert caller.deadline >= call.start_time, (
+                    f"caller {caller.index} timed out at t={caller.deadline}, yet its item "
+                    f"was processed later, at t={call.start_time}"
+                )
+        return
+
+    if outcome.kind == "output":
+        assert call is not None, f"{what}: item never processed"
+        assert call.mode == "ok", what
+        assert call.returned, what
+        assert outcome.value == (caller.key, caller.index), f"{what}: wrong output"
+        assert not late, what
+        return
+
+    exc = outcome.value
+    assert isinstance(exc, tb.BatchError)
+    if late:
+        assert isinstance(exc, tb.BatcherClosed), f"{what}: submitted after the body ended"
+    if isinstance(exc, tb.BatcherClosed):
+        assert late or outcome.time >= teardown_time, (
+            f"{what}: BatcherClosed without a teardown (ending: {sc.ending.name})"
+        )
+    elif isinstance(exc, tb.Rejected):
+        assert call is None, f"{what}: rejected item was processed"
+        # The newest batch is full; with OnFull.PROCESS the queue also holds
+        # max_batch_queue_size - 1 older batches of at least one item each.
+        needed = sc.limits.max_batch_size
+        rejects_when_full = (
+            isinstance(sc.policy, tb.Duration) and sc.policy.on_full is tb.OnFull.REJECT
+        )
+        if not rejects_when_full:
+            needed += sc.limits.max_batch_queue_size - 1
+        outstanding = outstanding_when_rejected(run, caller, outcome)
+        assert outstanding >= needed, (
+            f"{what}: rejected with at most {outstanding} items queued for its key, "
+            f"a full queue needs {needed}"
+        )
+    elif isinstance(exc, tb.ResourceAcquisitionFailed):
+        assert call is None, what
+        assert caller.key in sc.failing_acquire_keys, what
+        assert isinstance(exc.__cause__, AcquireBoom), f"{what}: cause {exc.__cause__!r}"
+    elif isinstance(exc, tb.BatchFailed):
+        assert call is not None, what
+        assert call.mode == "fail", what
+        assert exc.__cause__ is call.error, f"{what}: cause {exc.__cause__!r}"
+    elif isinstance(exc, tb.ProcessorContractError):
+        assert call is not None, what
+        assert call.mode == "break", what
+        assert call.returned, what
+    else:
+        pytest.fail(f"{what}: unexpected error type")
+
+
+def check_policy_timing(run: Run, processed_in: dict[int, ProcessCall]) -> None:
+    """Size and Duration never start a batch early (checked where nothing was withdrawn)."""
+    sc = run.sc
+    policy = sc.policy
+    by_index = {c.index: c for c in run.callers}
+    by_key = {key: [c for c in run.callers if c.key == key] for key in KEYS}
+
+    def withdrawn_before(caller: Caller, time: float) -> bool:
+        outcome = caller.outcomes[0]
+        return (
+            outcome.kind == "cancelled"
+            and caller.index not in processed_in
+            and not caller.unhashable_key
+            and outcome.time <= time
+        )
+
+    for call in run.calls:
+        if call.start_seq > run.body_end_seq:
+            continue  # draining: every batch is ready
+        if any(withdrawn_before(c, call.start_time) for c in by_key[call.key]):
+            continue  # the batch may have been full, or had an older first item
+        full = len(call.inputs) == sc.limits.max_batch_size
+        if isinstance(policy, tb.Size):
+            assert full, f"Size started a batch of {len(call.inputs)} before the drain"
+        elif isinstance(policy, tb.Duration) and (not full or policy.on_full is tb.OnFull.REJECT):
+            first = by_index[call.inputs[0]].submit_time
+            assert first is not None
+            assert call.start_time >= first + policy.delay_seconds - EPS, (
+                f"{policy} processed {list(call.inputs)} at t={call.start_time}, "
+                f"first item arrived at t={first}"
+            )
+
+
+def check(run: Run) -> None:
+    sc = run.sc
+    teardown_time = check_ending(run)
+    assert not run.settle_failures, run.settle_failures
+    assert run.stats_after == (0, 0, 0), f"statistics after the block: {run.stats_after}"
+    assert run.live_at_exit == 0, "a batch was still running after the block"
+    assert run.acquire_enters == run.acquire_exits
+    processed_in = check_calls(run)
+    for caller in run.callers:
+        check_caller(run, caller, processed_in, teardown_time)
+        late = caller.submit_seq is not None and caller.submit_seq > run.body_end_seq
+        if not late:
+            # Nobody waits past the end of the block (or past a teardown).
+            assert caller.outcomes[0].time <= min(run.block_exit_time, teardown_time)
+    errors = [c.outcomes[0].value for c in run.callers if c.outcomes[0].kind == "error"]
+    assert len({id(e) for e in errors}) == len(errors), "two callers got the same exception object"
+    check_policy_timing(run, processed_in)
+    if teardown_time == math.inf:
+        # Drain does not wait for timers: at worst every pending item is its own batch,
+        # run one after the other.
+        per_batch = sc.acquire_delay + sc.process_delay
+        bound = (run.pending_at_body_end + run.live_at_body_end) * per_batch
+        took = run.block_exit_time - run.body_end_time
+        assert took <= bound + EPS, f"drain took {took} s, at most {bound} s expected"
+
+
+@settings(max_examples=MAX_EXAMPLES, deadline=None)
+@given(scenario=scenarios())
+def test_batcher_properties(scenario: Scenario) -> None:
+    """Run one scripted scenario against the real batcher and check, in every example:
+
+    - each submit has exactly one outcome: its own output, a fitting BatchError,
+      TypeError for an unhashable key, or Cancelled from its own scope;
+    - process calls: 1..max_batch_size inputs, of one key, in submit order, no item
+      twice, the right resource; batches of one key begin in FIFO order; started
+      batches per key never exceed max_key_concurrency;
+    - cancellation: a cancelled caller's item is never processed if the cancel came
+      before process() began; a cancelled caller never waits past its cancel;
+    - Rejected only with a full queue (weakly); BatchFailed / ResourceAcquisitionFailed
+      / ProcessorContractError only for the batch that failed, with its cause;
+    - Size and Duration never start a batch early; nothing waits that its policy
+      would have started (at settle points); statistics() match the record there;
+    - ending: drain gives no BatcherClosed except to late submits and does not wait
+      for timers; a raised exception comes out as itself, a cancel as Cancelled;
+      teardown is prompt; afterwards statistics() are zero and acquire enters == exits.
+    """
+    run = Run(scenario)
+    trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    check(run)
