@@ -178,7 +178,7 @@ async def test_body_error_tears_down_promptly(
     error = MyError("from the body")
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
     async with trio.open_nursery() as nursery:
-        with pytest.raises(MyError) as exc_info:  # noqa: PT012 - the whole block is under test
+        with pytest.raises(MyError) as exc_info:
             async with tb.open_batcher(process, policy=policy, limits=limits) as batcher:
                 outcomes.spawn(nursery, batcher, "k", "a")
                 outcomes.spawn(nursery, batcher, "k", "b")
@@ -205,7 +205,7 @@ async def test_body_base_exception_propagates_as_itself(
     process = Recorder(delay=10.0)
     outcomes = Outcomes()
     async with trio.open_nursery() as nursery:
-        with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - the whole block is under test
+        with pytest.raises(KeyboardInterrupt):
             async with tb.open_batcher(process) as batcher:
                 outcomes.spawn(nursery, batcher, "k", "a")
                 await sleep_until(1.0)
@@ -229,7 +229,7 @@ async def test_body_error_while_the_body_itself_waits_in_submit(
         await sleep_until(1.0)
         raise MyError
 
-    with pytest.raises(MyError):  # noqa: PT012 - the whole block is under test
+    with pytest.raises(MyError):
         async with tb.open_batcher(process) as batcher:
             with trio.move_on_after(0.5):
                 await batcher.submit("k", "a")  # cancelled during processing
@@ -284,7 +284,7 @@ async def test_submit_after_teardown_raises_batcher_closed(
 ) -> None:
     process = Recorder()
     batchers: list[tb.Batcher[str, str, str]] = []
-    with pytest.raises(MyError):  # noqa: PT012 - the whole block is under test
+    with pytest.raises(MyError):
         async with tb.open_batcher(process) as batcher:
             batchers.append(batcher)
             raise MyError

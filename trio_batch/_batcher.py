@@ -201,9 +201,9 @@ class Batcher(Generic[K, I, O]):
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, _Task]] = {}
         self._nursery: trio.Nursery | None = None
-        # Batch tasks run in a copy of the context that entered the block, not
-        # in the context of whichever caller happened to start them.
-        self._context = contextvars.copy_context()
+        # Batch tasks run in a copy of the context that entered the block (set
+        # by _open), not in the context of whichever caller started them.
+        self._context = contextvars.Context()
         self._wait_for_room = limits.overflow is Overflow.WAIT
         # No new submits (draining or closed).
         self._closed = False
@@ -872,6 +872,7 @@ async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
     try:
         async with trio.open_nursery() as nursery:
             batcher._nursery = nursery
+            batcher._context = contextvars.copy_context()
             if batcher._uses_timer:
                 batcher._timer_task_scope = await nursery.start(batcher._run_timers)
             try:

@@ -2,11 +2,12 @@
 
 A batcher built with ``observers=()`` (the default) builds no event and reads
 no clock for observation: the hot path pays one truth test. With observers, each
-hook receives an immutable event as the decision happens, synchronously, in the
-task where it happens: ``item_accepted`` / ``item_rejected`` in the caller's task
-(so an observer can read the caller's context, e.g. its tracing span),
-``batch_started`` where the policy decided, ``batch_finished`` in the batch's
-task after every caller has its outcome.
+hook receives an immutable event synchronously: ``item_accepted`` and
+``item_rejected`` in the caller's task (so an observer can read the caller's
+context, e.g. its tracing span); ``item_withdrawn`` while Trio delivers the
+caller's cancellation (in whichever task caused it); ``batch_started``
+in the batch's own task as it begins (before ``acquire``), and ``batch_finished``
+in that task after every caller has its outcome.
 
 An observer that raises is logged (``trio_batch`` logger, with traceback) and
 removed from that batcher: observation can never break batching. Hooks must

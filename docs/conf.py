@@ -1,0 +1,196 @@
+"""Sphinx configuration.
+
+Build: ``sphinx-build -n -W --keep-going -b html docs docs/_build/html`` (the
+``docs`` nox session): nitpicky, warnings are errors.
+
+External links without the network. The build machines reach package
+registries only, so ``sphinx.ext.intersphinx`` cannot fetch Python's or Trio's
+``objects.inv``, and no package ships them. Instead, ``_resolve_external``
+below links the few external names our docstrings mention: standard-library
+names by the rule Python's docs follow (``library/<module>.html#<name>``), and
+Trio names through ``TRIO_PAGES``, a table of which page of Trio's docs
+documents each one (checked against Trio 0.35's docs sources). A name in
+neither still fails the build, so a typo cannot slip through.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, TypeVar
+
+from docutils import nodes
+from sphinx.addnodes import pending_xref
+from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.pycode import ModuleAnalyzer
+
+import trio_batch
+
+project = "trio_batch"
+author = "trio_batch developers"
+project_copyright = "trio_batch developers"
+release = trio_batch.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "myst_parser",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+root_doc = "index"
+
+# Google-style docstrings only.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+nitpicky = True
+
+html_theme = "furo"
+html_title = f"trio_batch {release}"
+
+
+# -- external links ----------------------------------------------------------
+
+PYTHON_DOCS = "https://docs.python.org/3/library/"
+TRIO_DOCS = "https://trio.readthedocs.io/en/stable/"
+OTEL_DOCS = "https://opentelemetry-python.readthedocs.io/en/latest/"
+
+#: Trio names our docs mention -> the page of Trio's docs that documents them.
+TRIO_PAGES = {
+    "trio.Cancelled": "reference-core.html",
+    "trio.CancelScope": "reference-core.html",
+    "trio.TooSlowError": "reference-core.html",
+    "trio.current_effective_deadline": "reference-core.html",
+    "trio.current_time": "reference-core.html",
+    "trio.fail_after": "reference-core.html",
+    "trio.from_thread.run_sync": "reference-core.html",
+    "trio.move_on_after": "reference-core.html",
+    "trio.Nursery": "reference-core.html",
+    "trio.open_nursery": "reference-core.html",
+    "trio.run": "reference-core.html",
+    "trio.sleep": "reference-core.html",
+    "trio.sleep_forever": "reference-core.html",
+    "trio.to_thread.run_sync": "reference-core.html",
+    "trio.lowlevel.current_trio_token": "reference-lowlevel.html",
+    "trio.testing.MockClock": "reference-testing.html",
+    "trio.testing.wait_all_tasks_blocked": "reference-testing.html",
+}
+
+#: Other external names -> their page. prometheus_client has no API reference
+#: with an anchor per name: its names link to its documentation's home.
+OTHER_PAGES = {
+    "opentelemetry.trace.TracerProvider": f"{OTEL_DOCS}api/trace.html",
+    "opentelemetry.trace.get_tracer_provider": f"{OTEL_DOCS}api/trace.html",
+    "prometheus_client.registry.CollectorRegistry": "https://prometheus.github.io/client_python/",
+}
+
+#: Standard-library modules whose names may be linked.
+PYTHON_MODULES = {"collections", "contextlib", "contextvars", "enum", "logging", "typing"}
+
+
+def _python_module(target: str) -> str | None:
+    """The standard-library module that documents ``target``, or None."""
+    parts = target.split(".")
+    if parts[0] not in PYTHON_MODULES or parts[0] not in sys.stdlib_module_names:
+        return None
+    for end in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:end])
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return name
+    return None
+
+
+def _is_type_variable(target: str) -> bool:
+    module, _, name = target.rpartition(".")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(value, TypeVar)
+
+
+def _resolve_external(
+    app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: nodes.TextElement
+) -> nodes.Element | None:
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"]
+    if node.get("reftype") == "mod" and target in PYTHON_MODULES:
+        uri = f"{PYTHON_DOCS}{target}.html#module-{target}"
+    elif target in TRIO_PAGES:
+        uri = f"{TRIO_DOCS}{TRIO_PAGES[target]}#{target}"
+    elif target in OTHER_PAGES:
+        page = OTHER_PAGES[target]
+        uri = page if "prometheus" in target else f"{page}#{target}"
+    elif (module := _python_module(target)) is not None:
+        uri = f"{PYTHON_DOCS}{module}.html#{target}"
+    elif _is_type_variable(target):
+        # A signature's type variable (K, I, O of Batcher): its name is the
+        # documentation; there is nothing to link to.
+        return contnode
+    else:
+        return None
+    reference = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
+    reference += contnode
+    return reference
+
+
+# -- attribute comments of re-exported classes -------------------------------
+#
+# trio_batch/__init__.py sets each public class's __module__ to "trio_batch"
+# (as Trio does), so autodoc reads "#:" comments (enum members, attrs fields)
+# from trio_batch/__init__.py, where there are none. Give the analyzer of
+# "trio_batch" the comments of the private modules that define the classes.
+
+PRIVATE_MODULES = ("_batcher", "_errors", "_observe", "_policies", "_statistics")
+
+
+def _merge_attribute_comments(app: Sphinx) -> None:
+    package = ModuleAnalyzer.for_module("trio_batch")
+    package.analyze()
+    for name in PRIVATE_MODULES:
+        private = ModuleAnalyzer.for_module(f"trio_batch.{name}")
+        private.analyze()
+        package.attr_docs.update(private.attr_docs)
+        package.tagorder.update(private.tagorder)
+
+
+def _untyped_attribute_docs(
+    app: Sphinx, what: str, name: str, obj: object, options: Any, lines: list[str]
+) -> None:
+    """Keep napoleon from reading ``Summary: more`` in an attribute's doc as ``type: text``.
+
+    Our attribute and enum-member comments never give an inline type (the type
+    is in the annotation), so the first line's colon becomes a dash.
+    """
+    if what not in ("attribute", "data") or not lines:
+        return
+    line = lines[0]
+    start = 0
+    while (colon := line.find(": ", start)) != -1:
+        if line.count("`", 0, colon) % 2 == 0:  # not inside a literal or a role
+            lines[0] = f"{line[:colon]} \N{EM DASH} {line[colon + 2 :]}"
+            return
+        start = colon + 2
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("builder-inited", _merge_attribute_comments)
+    # Before napoleon (priority 500), which reads the same lines.
+    app.connect("autodoc-process-docstring", _untyped_attribute_docs, priority=400)
+    app.connect("missing-reference", _resolve_external)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
