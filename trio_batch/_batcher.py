@@ -39,6 +39,7 @@ import math
 import reprlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import CoroutineType
 from typing import Any, Generic, TypeVar, final, overload
 
 import outcome
@@ -172,6 +173,7 @@ class Batcher(Generic[K, I, O]):
         "_nursery",
         "_policy",
         "_process",
+        "_task_name",
         "_timer_heap",
         "_timer_scope",
         "_timer_seq",
@@ -201,6 +203,7 @@ class Batcher(Generic[K, I, O]):
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, _Task]] = {}
         self._nursery: trio.Nursery | None = None
+        self._task_name = f"trio_batch batch of {name!r}"
         # Batch tasks run in a copy of the context that entered the block (set
         # by _open), not in the context of whichever caller started them.
         self._context = contextvars.Context()
@@ -344,7 +347,9 @@ class Batcher(Generic[K, I, O]):
         if batch.state == WAITING:
             if self._uses_timer:
                 self._set_timer(key, state, batch, self._caller_deadline())
-            if state.started < self._limits.max_key_concurrency:
+            # Only the oldest waiting batch can start (FIFO), and only this
+            # item's batch changed: if it is not the oldest, nothing can start.
+            if state.started < self._limits.max_key_concurrency and state.waiting[0] is batch:
                 self._start_ready(key, state, after_finish=False)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
@@ -409,7 +414,13 @@ class Batcher(Generic[K, I, O]):
                 self._cancel_timer(batch)
             if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
                 self._note_start(key, batch, started_before + index, after_finish and not index)
-            run(nursery.start_soon, self._run_batch, key, state, batch)
+            # In the block's context: a task copies the context it is spawned in.
+            run(self._spawn, nursery, key, state, batch)
+
+    def _spawn(
+        self, nursery: trio.Nursery, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]
+    ) -> None:
+        nursery.start_soon(self._run_batch, key, state, batch, name=self._task_name)
 
     def _admit(self, key: K, state: KeyState[I, _Task]) -> None:
         """Move callers waiting for room into batches while there is room."""
@@ -450,10 +461,15 @@ class Batcher(Generic[K, I, O]):
                 # Dropped while started: stop its acquisition. Its task's
                 # ``finally`` frees the slot.
                 batch.scope.cancel()
-        if state.overflow:
-            self._admit(key, state)
-        self._start_ready(key, state, after_finish=False)
-        self._forget_if_idle(key, state)
+            # A dropped batch may uncover a ready one, or leave the key idle.
+            # (A withdrawal that leaves its batch non-empty cannot make any batch
+            # ready: readiness never depends on a batch shrinking.)
+            if state.overflow:
+                self._admit(key, state)
+            self._start_ready(key, state, after_finish=False)
+            self._forget_if_idle(key, state)
+        elif state.overflow:
+            self._admit(key, state)  # the batch has room again
 
     def _set_timer(
         self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], caller_deadline: float
@@ -536,6 +552,9 @@ class Batcher(Generic[K, I, O]):
     async def _run_batch(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
         """Acquire, process and deliver one started batch; always frees its slot."""
         result: Sequence[Any] | _Failure | None = None
+        # Left by an exception (teardown's Cancelled, or a BaseException from user
+        # code): the block is going away, so this task starts nothing new.
+        unwinding = True
         timed = self._deadline_margin is not None
         began = trio.current_time() if timed else 0.0
         if self._dispatch is not None:
@@ -561,6 +580,7 @@ class Batcher(Generic[K, I, O]):
                     result = await self._call_process(key, batch.inputs, ())
                 except Exception as exc:
                     result = self._failure(BatchFailed, key, batch, exc)
+            unwinding = False
         finally:
             waiters = state.finish(batch)
             if result is None:
@@ -584,7 +604,7 @@ class Batcher(Generic[K, I, O]):
                 logger.warning("%s", result.message)
             if state.overflow:
                 self._admit(key, state)
-            if not self._torn_down and trio.current_effective_deadline() != -math.inf:
+            if not unwinding:
                 self._start_ready(key, state, after_finish=True)
             self._forget_if_idle(key, state)
 
@@ -623,7 +643,7 @@ class Batcher(Generic[K, I, O]):
     async def _call_process(self, key: K, inputs: list[I], extra: tuple[Any, ...]) -> Sequence[Any]:
         expected = len(inputs)
         awaitable = self._process(key, inputs, *extra)
-        if not inspect.isawaitable(awaitable):
+        if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
             raise _ContractViolation(
                 f"process must be an async function, but it returned {type(awaitable).__name__}; "
                 "run blocking work with trio.to_thread.run_sync inside an async process"

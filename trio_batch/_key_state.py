@@ -191,6 +191,8 @@ class KeyState(Generic[I, W]):
         """
         started_now: list[Batch[I, W]] = []
         waiting = self.waiting
+        if not waiting:
+            return started_now
         while waiting and self.started < limits.max_key_concurrency:
             batch = waiting[0]
             if not (
