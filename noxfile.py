@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     """mypy --strict on the package, the tests, the examples and this file."""
     session.install("-e", ".[test,sim,prometheus,opentelemetry]", "opentelemetry-sdk", MYPY, "nox")
-    session.run("mypy", "--strict", "trio_batch", "tests", "examples", "noxfile.py")
+    session.run("mypy", "--strict", "trio_batch", "tests", "examples", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

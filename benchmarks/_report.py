@@ -1,0 +1,255 @@
+"""Tables for people, JSON for machines, and the issue's targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._suite import Clock, Row, SuiteResult, WorkloadResult
+
+__all__ = ["Target", "render_text", "retained_block_budget", "targets", "to_json"]
+
+
+def retained_block_budget(distinct_keys: int) -> int:
+    """Memory "back to baseline": blocks that may stay after every key has gone.
+
+    A leak of anything per key is at least one block per key; a container that
+    grew past its warm-up size keeps one table, a block. So the budget is a few
+    dozen blocks plus one per thousand keys.
+    """
+    return 64 + distinct_keys // 1000
+
+
+_RATIO_MEANING = {
+    "throughput": "vs floor = throughput / floor's throughput (higher is better)",
+    "time": "vs floor = time per call / floor's (lower is better)",
+    "peak": "vs floor = peak traced memory / floor's (lower is better)",
+}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _us_per_call(row: Row) -> float:
+    return _median([s.seconds / s.calls * 1e6 for s in row.samples])
+
+
+def _cpu_us_per_call(row: Row) -> float:
+    return _median([s.cpu_seconds / s.calls * 1e6 for s in row.samples])
+
+
+def _items_per_s(row: Row) -> float:
+    return _median([s.calls / s.seconds for s in row.samples])
+
+
+def _per_batch(row: Row) -> float:
+    return _median([s.processed / max(1, s.batches) for s in row.samples])
+
+
+def _ratio_cell(clock: Clock) -> Callable[[Row], str]:
+    def cell(row: Row) -> str:
+        value = row.ratio(clock)
+        if value is None:
+            return "-"
+        if row.impl == "floor":
+            return "1.00"
+        spread = row.ratio_spread(clock)
+        return f"{value:.2f}" + ("" if spread is None else f" ±{spread:.0%}")
+
+    return cell
+
+
+Column = tuple[str, Callable[[Row], str]]
+
+
+def _columns(result: WorkloadResult) -> list[Column]:
+    workload = result.workload
+    if workload.kind == "latency":
+        return [
+            ("median µs", lambda r: f"{r.seconds * 1e6:,.1f}"),
+            (
+                "p90 µs",
+                lambda r: f"{_median([_p90(s.latencies) for s in r.samples]) * 1e6:,.1f}",
+            ),
+            ("vs floor", _ratio_cell("wall")),
+        ]
+    if workload.kind == "memory":
+        return [
+            ("peak KiB", lambda r: f"{r.samples[0].peak_bytes / 1024:,.0f}"),
+            ("retained KiB", lambda r: f"{r.samples[0].retained_bytes / 1024:,.1f}"),
+            ("blocks", lambda r: f"{r.samples[0].retained_blocks:,}"),
+            ("keys left", lambda r: f"{r.samples[0].leftover_keys}"),
+            ("vs floor", _ratio_cell("wall")),
+        ]
+    columns: list[Column] = [
+        ("items/s", lambda r: f"{_items_per_s(r):,.0f}"),
+        ("µs/call", lambda r: f"{_us_per_call(r):.2f}"),
+        ("cpu µs/call", lambda r: f"{_cpu_us_per_call(r):.2f}"),
+        ("items/batch", lambda r: f"{_per_batch(r):.1f}"),
+    ]
+    if workload.cancel_percent:
+        columns += [
+            ("cancelled", lambda r: f"{_median([s.cancelled / s.calls for s in r.samples]):.0%}"),
+            (
+                "processed",
+                lambda r: f"{_median([s.processed / s.calls for s in r.samples]):.0%}",
+            ),
+        ]
+    columns += [("vs floor", _ratio_cell("wall")), ("cpu vs floor", _ratio_cell("cpu"))]
+    return columns
+
+
+def _p90(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=10, method="inclusive")[-1]
+
+
+def _table(result: WorkloadResult) -> list[str]:
+    workload = result.workload
+    if not result.rows:
+        return [f"({workload.id}) {workload.title}", "    (no contestant of this workload was run)"]
+    columns = _columns(result)
+    header = ["contestant", *(name for name, _ in columns)]
+    body = [[row.label, *(cell(row) for _, cell in columns)] for row in result.rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "    " + "  ".join([first, *rest])
+
+    reps = len(result.rows[0].samples) if result.rows else 0
+    if workload.kind == "latency":
+        how = f"{workload.calls:,} sequential calls per run, median of {reps} runs"
+    elif workload.kind == "memory":
+        how = f"{workload.calls:,} calls, {workload.distinct_keys:,} distinct keys, one run"
+    else:
+        keys = f"{workload.distinct_keys:,} distinct keys" if workload.items_per_key else "one key"
+        how = f"{workload.calls:,} calls per run ({keys}), median of {reps} repetitions"
+    lines = [
+        f"({workload.id}) {workload.title}",
+        f"    {how}; {_RATIO_MEANING[result.ratio_of]}",
+        line(header),
+        *(line(cells) for cells in body),
+    ]
+    lines += [f"    {name}: not installed, skipped" for name in result.skipped]
+    return lines
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's acceptance targets, checked against a run."""
+
+    workload: str
+    impl: str
+    description: str
+    value: float
+    met: bool
+
+
+def targets(suite: SuiteResult) -> list[Target]:
+    """The issue's targets: (a) >= 0.9x throughput, (b)/(c) <= 1.2x time, (d) no growth.
+
+    Ratios use the suite's clock (``meta["clock"]``, wall time unless ``--clock cpu``).
+    """
+    clock: Clock = "cpu" if suite.meta.get("clock") == "cpu" else "wall"
+    found: list[Target] = []
+    for result in suite.workloads:
+        wid = result.workload.id
+        for row in result.rows:
+            value = row.ratio(clock)
+            if wid == "a" and row.impl in ("immediate", "size") and value is not None:
+                found.append(Target(wid, row.impl, "throughput >= 0.9x floor", value, value >= 0.9))
+            elif wid in ("b", "c") and row.impl in ("immediate", "size") and value is not None:
+                found.append(Target(wid, row.impl, "µs/call <= 1.2x floor", value, value <= 1.2))
+            elif wid == "d" and row.impl != "floor":
+                sample = row.samples[0]
+                budget = retained_block_budget(result.workload.distinct_keys)
+                found.append(
+                    Target(
+                        wid,
+                        row.impl,
+                        f"retained <= {budget} blocks, no key left",
+                        sample.retained_blocks,
+                        sample.retained_blocks <= budget and sample.leftover_keys == 0,
+                    )
+                )
+    return found
+
+
+def render_text(suite: SuiteResult) -> str:
+    """The human-readable report."""
+    meta = suite.meta
+    lines = [
+        "trio_batch benchmarks: "
+        f"{meta['implementation']} {meta['python']}, trio {meta['trio']}, "
+        f"trio_batch {meta['trio_batch']}, {meta['cpus']} CPUs, {meta['platform']}",
+        f"size {meta['size']}, {meta['warmup']} warm-up + {meta['repeat']} interleaved "
+        "repetitions; ratios are per repetition, then the median (± half the IQR); "
+        f"targets use {meta['clock']} time",
+        "",
+    ]
+    for result in suite.workloads:
+        lines += [*_table(result), ""]
+    found = targets(suite)
+    if found:
+        lines.append("targets (issue 5):")
+        for target in found:
+            value = f"{target.value:,.0f}" if target.workload == "d" else f"{target.value:.2f}"
+            mark = "met" if target.met else "MISSED"
+            lines.append(
+                f"    ({target.workload}) {target.impl:<9} {target.description:<34} "
+                f"{value:>10}  {mark}"
+            )
+    return "\n".join(lines)
+
+
+def _row_json(result: WorkloadResult, row: Row) -> dict[str, Any]:
+    samples = [
+        {k: v for k, v in dataclasses.asdict(s).items() if k != "latencies"} for s in row.samples
+    ]
+    data: dict[str, Any] = {
+        "impl": row.impl,
+        "label": row.label,
+        "median_seconds": row.seconds,
+        "ratio": row.ratio("wall"),
+        "ratio_spread": row.ratio_spread("wall"),
+        "cpu_ratio": row.ratio("cpu"),
+        "cpu_ratio_spread": row.ratio_spread("cpu"),
+        "ratios": row.ratios,
+        "samples": samples,
+    }
+    if result.workload.kind != "latency":
+        data["us_per_call"] = _us_per_call(row)
+        data["cpu_us_per_call"] = _cpu_us_per_call(row)
+        data["items_per_second"] = _items_per_s(row)
+    return data
+
+
+def to_json(suite: SuiteResult) -> dict[str, Any]:
+    """Everything in the report, and every sample, as JSON-ready data."""
+    return {
+        "meta": suite.meta,
+        "workloads": [
+            {
+                "id": r.workload.id,
+                "title": r.workload.title,
+                "kind": r.workload.kind,
+                "ratio_of": r.ratio_of,
+                "clients": r.workload.clients,
+                "calls": r.workload.calls,
+                "distinct_keys": r.workload.distinct_keys,
+                "max_batch_size": r.workload.max_batch_size,
+                "cancel_percent": r.workload.cancel_percent,
+                "results": [_row_json(r, row) for row in r.rows],
+                "skipped": r.skipped,
+            }
+            for r in suite.workloads
+        ],
+        "targets": [dataclasses.asdict(t) for t in targets(suite)],
+    }

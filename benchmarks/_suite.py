@@ -1,0 +1,190 @@
+"""Running the workloads: warm-up, interleaved repetitions, medians, ratios to the floor.
+
+Absolute times on a shared machine drift from second to second, so each
+repetition runs every contestant once, back to back, in a rotating order
+(floor, Immediate, Size, ... then Immediate, Size, ..., floor, ...), and each
+contestant's ratio to the floor is computed *within* a repetition. The table
+shows the median of those per-repetition ratios and their spread (half the
+interquartile range, relative to the median).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from . import _peers
+from ._workloads import IMPLS, Sample, Workload, run_latency, run_memory, run_throughput
+
+__all__ = [
+    "Clock",
+    "Row",
+    "SuiteResult",
+    "WorkloadResult",
+    "ratio",
+    "run_once",
+    "run_workload",
+]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def run_once(workload: Workload, impl_id: str) -> Sample:
+    """One run of one contestant on one workload, in its own event loop."""
+    impl = IMPLS[impl_id]
+    if impl.runtime == "asyncio":
+        if workload.kind == "latency":
+            return _peers.run_latency(workload)
+        return _peers.run_throughput(workload)
+    assert impl.opener is not None
+    runner = {"throughput": run_throughput, "memory": run_memory, "latency": run_latency}[
+        workload.kind
+    ]
+    return trio.run(runner, workload, impl.opener)
+
+
+RatioOf = Literal["throughput", "time", "peak"]
+Clock = Literal["wall", "cpu"]
+
+
+def ratio_of(workload: Workload) -> RatioOf:
+    """What a workload's ratio compares (the issue states (a) as throughput)."""
+    if workload.kind == "memory":
+        return "peak"
+    if workload.kind == "throughput" and not workload.items_per_key and not workload.cancel_percent:
+        return "throughput"
+    return "time"
+
+
+def ratio(kind: RatioOf, sample: Sample, floor: Sample, clock: Clock = "wall") -> float:
+    """``sample`` relative to ``floor``: throughput ratio, or time or peak-memory ratio.
+
+    ``clock`` picks wall time or this process's CPU time (throughput workloads).
+    """
+    if kind == "peak":
+        return sample.peak_bytes / max(1, floor.peak_bytes)
+    if clock == "cpu":
+        mine, theirs = sample.cpu_seconds, floor.cpu_seconds
+    else:
+        mine, theirs = sample.seconds, floor.seconds
+    return theirs / mine if kind == "throughput" else mine / theirs
+
+
+@dataclass
+class Row:
+    """One contestant's results on one workload."""
+
+    impl: str
+    label: str
+    samples: list[Sample]
+    #: Per-repetition ratios to the floor, by clock (empty when the floor did not run).
+    ratios: dict[Clock, list[float]] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """Median run time (throughput) or median latency (latency workloads)."""
+        return statistics.median(s.seconds for s in self.samples)
+
+    def ratio(self, clock: Clock = "wall") -> float | None:
+        """Median of the per-repetition ratios."""
+        ratios = self.ratios.get(clock)
+        return statistics.median(ratios) if ratios else None
+
+    def ratio_spread(self, clock: Clock = "wall") -> float | None:
+        """Half the interquartile range of the ratios, relative to their median."""
+        ratios = self.ratios.get(clock, [])
+        if len(ratios) < 2:
+            return None
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        return (q3 - q1) / 2 / statistics.median(ratios)
+
+
+@dataclass
+class WorkloadResult:
+    workload: Workload
+    ratio_of: RatioOf
+    rows: list[Row]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SuiteResult:
+    meta: dict[str, object]
+    workloads: list[WorkloadResult]
+
+
+def run_workload(
+    workload: Workload,
+    *,
+    repeat: int,
+    warmup: int = 1,
+    impls: Sequence[str] | None = None,
+    progress: Progress = _quiet,
+) -> WorkloadResult:
+    """Warm up, then ``repeat`` interleaved repetitions of every contestant."""
+    wanted = list(workload.impls if impls is None else impls)
+    skipped = [i for i in wanted if IMPLS[i].runtime == "asyncio" and not _peers.available()]
+    ids = [i for i in wanted if i not in skipped]
+    if not ids:
+        return WorkloadResult(workload, ratio_of(workload), [], skipped)
+    if workload.kind == "memory":
+        warmup, repeat = 0, 1  # deterministic; it warms up inside the run
+    for round_ in range(warmup):
+        progress(f"({workload.id}) warm-up {round_ + 1}/{warmup}")
+        for impl_id in ids:
+            run_once(workload, impl_id)
+    samples: dict[str, list[Sample]] = {impl_id: [] for impl_id in ids}
+    for rep in range(repeat):
+        progress(f"({workload.id}) repetition {rep + 1}/{repeat}")
+        shift = rep % len(ids)
+        for impl_id in ids[shift:] + ids[:shift]:
+            gc.collect()
+            samples[impl_id].append(run_once(workload, impl_id))
+    kind = ratio_of(workload)
+    rows = []
+    for impl_id in ids:
+        row = Row(impl_id, IMPLS[impl_id].label, samples[impl_id])
+        if "floor" in samples:
+            clocks: list[Clock] = ["wall", "cpu"] if workload.kind == "throughput" else ["wall"]
+            row.ratios = {
+                clock: [
+                    ratio(kind, mine, floor, clock)
+                    for mine, floor in zip(samples[impl_id], samples["floor"], strict=True)
+                ]
+                for clock in clocks
+            }
+        rows.append(row)
+    return WorkloadResult(workload, kind, rows, skipped)
+
+
+def meta(*, size: float, repeat: int, warmup: int, clock: Clock = "wall") -> dict[str, object]:
+    """Where and how the suite ran."""
+    import os
+    import platform
+
+    import trio_batch
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "trio": trio.__version__,
+        "trio_batch": trio_batch.__version__,
+        "platform": platform.platform(terse=True),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "size": size,
+        "repeat": repeat,
+        "warmup": warmup,
+        "clock": clock,
+        "argv": sys.argv[1:],
+    }
