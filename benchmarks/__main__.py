@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=float, default=None, help="scale the calls per run (default 1.0)"
     )
-    parser.add_argument("--repeat", type=int, default=None, help="measured repetitions (default 7)")
+    parser.add_argument("--repeat", type=int, default=None, help="measured repetitions (default 9)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
     parser.add_argument(
         "--clients", type=int, default=1000, help="concurrent clients (default 1000)"
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     size = args.size if args.size is not None else (0.05 if args.quick else 1.0)
-    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 7)
+    repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
     if size <= 0 or repeat < 1 or args.warmup < 0 or args.clients < 1:
         parser.error("--size must be > 0, --repeat and --clients >= 1, --warmup >= 0")
     workloads = build_workloads(size, args.clients)

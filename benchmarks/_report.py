@@ -190,7 +190,7 @@ def render_text(suite: SuiteResult) -> str:
         f"{meta['implementation']} {meta['python']}, trio {meta['trio']}, "
         f"trio_batch {meta['trio_batch']}, {meta['cpus']} CPUs, {meta['platform']}",
         f"size {meta['size']}, {meta['warmup']} warm-up + {meta['repeat']} interleaved "
-        "repetitions; ratios are per repetition, then the median (± half the IQR); "
+        "repetitions; ratios are per repetition, then the median (± its standard error); "
         f"targets use {meta['clock']} time",
         "",
     ]

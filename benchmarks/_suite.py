@@ -4,13 +4,14 @@ Absolute times on a shared machine drift from second to second, so each
 repetition runs every contestant once, back to back, in a rotating order
 (floor, Immediate, Size, ... then Immediate, Size, ..., floor, ...), and each
 contestant's ratio to the floor is computed *within* a repetition. The table
-shows the median of those per-repetition ratios and their spread (half the
-interquartile range, relative to the median).
+shows the median of those per-repetition ratios and its standard error,
+estimated from their interquartile range.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -101,12 +102,16 @@ class Row:
         return statistics.median(ratios) if ratios else None
 
     def ratio_spread(self, clock: Clock = "wall") -> float | None:
-        """Half the interquartile range of the ratios, relative to their median."""
+        """Standard error of the median ratio, relative to it, estimated from the IQR.
+
+        ``1.2533 * sigma / sqrt(n)`` with ``sigma = IQR / 1.349``: robust to the
+        odd repetition that another process disturbed.
+        """
         ratios = self.ratios.get(clock, [])
         if len(ratios) < 2:
             return None
-        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-        return (q3 - q1) / 2 / statistics.median(ratios)
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(ratios)) / median
 
 
 @dataclass
