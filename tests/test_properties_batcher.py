@@ -11,6 +11,10 @@ The harness orders events with a global sequence number as well as virtual time:
 a cancel requested by the script and a ``process`` call that begins in the same
 virtual instant are still ordered exactly.
 
+Examples also draw ``Limits.overflow`` (``REJECT`` or ``WAIT``), per-item failures
+(``process`` returns ``outcome.Error`` for one item, ``outcome.Value`` or a plain
+output for the others) and deadline-aware ``Duration`` policies.
+
 Set ``HYPOTHESIS_PROFILE=thorough`` for a longer run.
 """
 
@@ -23,13 +27,14 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
+import outcome
 import pytest
 import trio
 import trio.testing
 from conftest import EXAMPLE_SCALE
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import trio_batch as tb
 
@@ -54,6 +59,15 @@ class Submit:
     """Spawn a caller task that submits a fresh item; optionally with a timeout."""
 
     key: str
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Spawn ``count`` callers of ``key`` at once (fills queues: Rejected, or Overflow.WAIT)."""
+
+    key: str
+    count: int
     timeout: float | None
 
 
@@ -89,12 +103,28 @@ class BreakNextBatch:
 
 
 @dataclass(frozen=True)
+class FailItem:
+    """``process`` returns ``outcome.Error`` for the item of pending caller
+    ``index % number_of_pending_callers`` (if any), whichever call it lands in."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class Settle:
     """Wait until every task is blocked, then compare ``statistics()`` with the record."""
 
 
 Operation: TypeAlias = (
-    Submit | SubmitUnhashable | Sleep | CancelCaller | FailNextBatch | BreakNextBatch | Settle
+    Submit
+    | Burst
+    | SubmitUnhashable
+    | Sleep
+    | CancelCaller
+    | FailNextBatch
+    | BreakNextBatch
+    | FailItem
+    | Settle
 )
 
 
@@ -135,9 +165,8 @@ class Scenario:
 keys = st.sampled_from(KEYS)
 delays = st.sampled_from([0.0, 0.5, 1.0])
 
-submits = st.builds(
-    Submit, key=keys, timeout=st.sampled_from([None, None, None, 0.0, 0.25, 0.5, 1.0, 1.5])
-)
+timeouts = st.sampled_from([None, None, None, 0.0, 0.25, 0.5, 1.0, 1.5])
+submits = st.builds(Submit, key=keys, timeout=timeouts)
 sleeps = st.builds(Sleep, seconds=st.sampled_from([0.0, 0.25, 0.5, 1.0]))
 mistakes = st.one_of(
     st.builds(FailNextBatch, key=keys),
@@ -148,12 +177,18 @@ mistakes = st.one_of(
 # script is submits and sleeps.
 OPERATION_KINDS: dict[str, st.SearchStrategy[Operation]] = {
     "submit": submits,
+    "burst": st.builds(Burst, key=keys, count=st.integers(2, 6), timeout=timeouts),
     "sleep": sleeps,
     "cancel": st.builds(CancelCaller, index=st.integers(0, 40)),
     "settle": st.just(Settle()),
     "mistake": mistakes,
+    "fail_item": st.builds(FailItem, index=st.integers(0, 40)),
 }
-WEIGHTED_KINDS = ["submit"] * 5 + ["sleep"] * 3 + ["cancel", "cancel", "settle", "mistake"]
+WEIGHTED_KINDS = [
+    *["submit"] * 5,
+    *["sleep"] * 3,
+    *["burst", "cancel", "cancel", "settle", "mistake", "fail_item"],
+]
 
 
 @st.composite
@@ -165,21 +200,33 @@ def policies(max_batch_size: int) -> st.SearchStrategy[tb.Policy]:
     return st.one_of(
         st.just(tb.Immediate()),
         st.just(tb.Size()),
-        st.builds(tb.Duration, delays, st.sampled_from(tb.OnFull)),
+        st.builds(
+            tb.Duration,
+            delays,
+            st.sampled_from(tb.OnFull),
+            deadline_margin=st.sampled_from([None, 0.0, 0.25]),
+        ),
         st.builds(tb.Balanced, st.integers(1, max_batch_size)),
     )
+
+
+# Built once (not per example): generating examples is much of the test's run time.
+MAX_BATCH_SIZES = st.integers(1, 5)
+POLICIES = {size: policies(size) for size in range(1, 6)}
+SCRIPTS = st.lists(operations(), min_size=4, max_size=40)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
     limits = tb.Limits(
-        max_batch_size=draw(st.integers(1, 5)),
+        max_batch_size=draw(MAX_BATCH_SIZES),
         max_key_concurrency=draw(st.integers(1, 3)),
         max_batch_queue_size=draw(st.integers(1, 4)),
+        overflow=draw(st.sampled_from(tb.Overflow)),
     )
     use_acquire = draw(st.booleans())
     return Scenario(
-        policy=draw(policies(limits.max_batch_size)),
+        policy=draw(POLICIES[limits.max_batch_size]),
         limits=limits,
         use_acquire=use_acquire,
         acquire_delay=draw(st.sampled_from([0.0, 0.25, 0.5])) if use_acquire else 0.0,
@@ -187,7 +234,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             draw(st.frozensets(keys, max_size=1)) if use_acquire else frozenset()
         ),
         process_delay=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
-        script=tuple(draw(st.lists(operations(), min_size=4, max_size=40))),
+        script=tuple(draw(SCRIPTS)),
         settle_after_sleeps=draw(st.booleans()),
         final_pause=draw(st.sampled_from(FinalPause)),
         ending=draw(st.sampled_from([Ending.DRAIN, *Ending])),
@@ -210,6 +257,10 @@ class AcquireBoom(Exception):
 
 class BodyBoom(Exception):
     pass
+
+
+class ItemBoom(Exception):
+    """What ``process`` returns as ``outcome.Error`` for an item marked by ``FailItem``."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +298,11 @@ class ProcessCall:
     mode: Literal["ok", "fail", "break"]
     start_seq: int
     start_time: float
+    # Items failed alone (outcome.Error at their position), as marked when the call began.
+    failed_items: dict[int, ItemBoom] = field(default_factory=dict)
     returned: bool = False
     error: ProcessBoom | None = None
+    end_time: float = math.inf
 
 
 class Run:
@@ -260,6 +314,7 @@ class Run:
         self.callers: list[Caller] = []
         self.calls: list[ProcessCall] = []
         self.pending_modes: defaultdict[str, deque[Literal["fail", "break"]]] = defaultdict(deque)
+        self.item_failures: dict[int, ItemBoom] = {}
         # Started batches per key, as the fakes see them: live acquire contexts, or
         # live process calls when there is no acquire.
         self.live: Counter[str] = Counter()
@@ -276,7 +331,7 @@ class Run:
         self.teardown_deadline = math.inf
         self.block_exit_time = math.inf
         self.live_at_exit = -1
-        self.stats_after: tuple[int, int, int] | None = None
+        self.stats_after: tuple[int, int, int, int] | None = None
         self.pending_at_body_end = 0
         self.live_at_body_end = 0
 
@@ -302,11 +357,12 @@ class Run:
             self.acquire_exits += 1
             self.live[key] -= 1
 
-    async def _process(self, key: str, inputs: list[int], resource: str | None) -> list[Output]:
+    async def _process(self, key: str, inputs: list[int], resource: str | None) -> list[Any]:
         seq, now = self.mark()
         modes = self.pending_modes[key]
         mode: Literal["ok", "fail", "break"] = modes.popleft() if modes else "ok"
-        call = ProcessCall(key, tuple(inputs), resource, mode, seq, now)
+        failed = {item: self.item_failures[item] for item in inputs if item in self.item_failures}
+        call = ProcessCall(key, tuple(inputs), resource, mode, seq, now, failed)
         self.calls.append(call)
         if not self.sc.use_acquire:
             self._slot_taken(key)
@@ -315,19 +371,26 @@ class Run:
             if mode == "fail":
                 call.error = ProcessBoom(key)
                 raise call.error
-            outputs = [(key, item) for item in inputs]
+            # Both forms of a good output: plain, and wrapped in outcome.Value.
+            outputs: list[Any] = [
+                outcome.Error(failed[item])
+                if item in failed
+                else outcome.Value((key, item))
+                if item % 2
+                else (key, item)
+                for item in inputs
+            ]
             call.returned = True
             return outputs[:-1] if mode == "break" else outputs
         finally:
+            call.end_time = trio.current_time()
             if not self.sc.use_acquire:
                 self.live[key] -= 1
 
-    async def process(self, key: str, inputs: list[int]) -> list[Output]:
+    async def process(self, key: str, inputs: list[int]) -> list[Any]:
         return await self._process(key, inputs, None)
 
-    async def process_with_resource(
-        self, key: str, inputs: list[int], resource: str
-    ) -> list[Output]:
+    async def process_with_resource(self, key: str, inputs: list[int], resource: str) -> list[Any]:
         return await self._process(key, inputs, resource)
 
     def open_batcher(self) -> AbstractAsyncContextManager[Batcher]:
@@ -385,10 +448,33 @@ class Run:
     def _processed_items(self) -> set[int]:
         return {item for call in self.calls for item in call.inputs}
 
+    def pending_when_submitted(self, caller: Caller) -> int:
+        """An upper bound on the items of ``caller.key`` queued or waiting for room
+        when ``caller`` submitted (the harness marks a submit just before the
+        batcher adds the item, with no checkpoint in between)."""
+        assert caller.submit_seq is not None
+        seq = caller.submit_seq
+        started_at = {item: call.start_seq for call in self.calls for item in call.inputs}
+        count = 0
+        for other in self.callers:
+            if other is caller or other.key != caller.key or other.unhashable_key:
+                continue
+            if other.submit_seq is None or other.submit_seq > seq:
+                continue
+            if other.outcomes and (
+                isinstance(other.outcomes[0].value, tb.Rejected) or other.outcomes[0].seq < seq
+            ):
+                continue
+            if started_at.get(other.index, math.inf) < seq:
+                continue
+            count += 1
+        return count
+
     def check_settled(self, batcher: Batcher) -> None:
         """Every task is blocked: compare the batcher's state with the record."""
         now = trio.current_time()
         processed = self._processed_items()
+        # Items queued, or (with Overflow.WAIT) waiting for room.
         queued = [
             c
             for c in self.callers
@@ -396,34 +482,68 @@ class Run:
         ]
         # statistics() is exact: each started batch sits in acquire or process now.
         stats = batcher.statistics()
+        waiting_submits = stats.waiting_submits
+        limits = self.sc.limits
+        policy = self.sc.policy
+        waits_for_room = limits.overflow is tb.Overflow.WAIT
+        if not waits_for_room and waiting_submits != 0:
+            self.settle_failures.append(
+                f"at t={now}: waiting_submits={waiting_submits} with Overflow.REJECT"
+            )
         active = {c.key for c in queued} | {k for k, n in self.live.items() if n > 0}
-        expected = (len(active), len(queued), sum(self.live.values()))
+        expected = (len(active), len(queued) - waiting_submits, sum(self.live.values()))
         got = (stats.active_keys, stats.queued_items, stats.processing_batches)
         if got != expected:
             self.settle_failures.append(
                 f"at t={now}: statistics (active_keys, queued_items, "
                 f"processing_batches) = {got}, expected {expected}"
             )
-        limits = self.sc.limits
-        policy = self.sc.policy
         rejects_when_full = isinstance(policy, tb.Duration) and policy.on_full is tb.OnFull.REJECT
+        # A key's queue holds at most max_batch_queue_size batches of at most
+        # max_batch_size items; with OnFull.REJECT only one batch (it rejects
+        # rather than open a second batch while the newest is full).
+        most = limits.max_batch_size
+        if not rejects_when_full:
+            most *= limits.max_batch_queue_size
+        # A full queue (no room for one more item): the newest batch is full and,
+        # unless OnFull.REJECT, the older batches hold at least one item each.
+        needed = limits.max_batch_size
+        if not rejects_when_full:
+            needed += limits.max_batch_queue_size - 1
+        if waits_for_room:
+            # Callers wait for room only while their key's queue is full, and the
+            # items of a key waiting for room are its youngest pending ones (FIFO);
+            # the rest fit in the queue. statistics() are summed over keys: some
+            # split of waiting_submits between the keys must fit both.
+            counts = [sum(1 for c in queued if c.key == key) for key in KEYS]
+
+            def fits(pending: int, waiting: int) -> bool:
+                room_left = pending - waiting
+                return 0 <= waiting <= pending and (
+                    room_left <= most and (waiting == 0 or room_left >= needed)
+                )
+
+            if not any(
+                fits(counts[0], split) and fits(counts[1], waiting_submits - split)
+                for split in range(waiting_submits + 1)
+            ):
+                self.settle_failures.append(
+                    f"at t={now}: waiting_submits={waiting_submits} with {counts} items "
+                    f"pending for {KEYS}: a queue holds at most {most} items and is full "
+                    f"with at least {needed}"
+                )
         for key in KEYS:
             waiting = [c for c in queued if c.key == key]
             if not waiting:
                 continue
-            # A key's queue holds at most max_batch_queue_size batches of at most
-            # max_batch_size items; with OnFull.REJECT only one batch (it rejects
-            # rather than open a second batch while the newest is full).
-            most = limits.max_batch_size
-            if not rejects_when_full:
-                most *= limits.max_batch_queue_size
-            if len(waiting) > most:
+            if not waits_for_room and len(waiting) > most:
                 self.settle_failures.append(
                     f"at t={now}: {len(waiting)} items queued for {key!r}, at most {most} fit"
                 )
             # Liveness: nothing waits that its policy would have started. Without
             # acquire, a started batch is processing, so every waiting item is in a
-            # batch that has not started.
+            # batch that has not started. (With Overflow.WAIT, the oldest pending
+            # item is in the queue: waiting for room needs a full queue of older items.)
             started = self.live[key]
             slot_free = started < limits.max_key_concurrency
             if isinstance(policy, tb.Immediate | tb.Balanced) and started == 0:
@@ -439,11 +559,22 @@ class Run:
                     f"with a slot free"
                 )
             if isinstance(policy, tb.Duration):
-                # The oldest batch's timer started no later than its oldest item.
-                oldest = min(c.submit_time or 0.0 for c in waiting)
-                if now >= oldest + policy.delay_seconds - EPS:
+                oldest = min(waiting, key=lambda c: c.submit_seq or 0)
+                assert oldest.submit_time is not None
+                expiry = math.inf
+                # The oldest batch's timer started no later than its oldest item
+                # joined it: at its submit, unless it may have waited for room
+                # (a batch formed by admission starts its timer then).
+                if not waits_for_room or self.pending_when_submitted(oldest) < needed:
+                    expiry = oldest.submit_time + policy.delay_seconds
+                # Deadline awareness: the oldest item's deadline moved the timer to
+                # at most deadline - margin (less the average batch time).
+                if policy.deadline_margin is not None:
+                    expiry = min(expiry, oldest.deadline - policy.deadline_margin)
+                if now >= expiry - EPS:
                     self.settle_failures.append(
-                        f"at t={now}: {policy} left an item of {key!r} from t={oldest} "
+                        f"at t={now}: {policy} left an item of {key!r} from "
+                        f"t={oldest.submit_time} (deadline {oldest.deadline}) "
                         f"waiting with a slot free"
                     )
 
@@ -452,6 +583,9 @@ class Run:
             match op:
                 case Submit(key, timeout):
                     self.spawn_caller(nursery, batcher, key, timeout)
+                case Burst(key, count, timeout):
+                    for _ in range(count):
+                        self.spawn_caller(nursery, batcher, key, timeout)
                 case SubmitUnhashable():
                     self.spawn_caller(nursery, batcher, KEYS[0], None, unhashable_key=True)
                 case Sleep(seconds):
@@ -469,6 +603,19 @@ class Run:
                     self.pending_modes[key].append("fail")
                 case BreakNextBatch(key):
                     self.pending_modes[key].append("break")
+                case FailItem(index):
+                    processed = self._processed_items()
+                    pending = [
+                        c
+                        for c in self.callers
+                        if not c.unhashable_key
+                        and not c.outcomes
+                        and c.index not in processed
+                        and c.index not in self.item_failures
+                    ]
+                    if pending:
+                        caller = pending[index % len(pending)]
+                        self.item_failures[caller.index] = ItemBoom(caller.index)
                 case Settle():
                     await trio.testing.wait_all_tasks_blocked()
                     self.check_settled(batcher)
@@ -482,6 +629,7 @@ class Run:
                 await trio.lowlevel.checkpoint()
             case FinalPause.SETTLE:
                 await trio.testing.wait_all_tasks_blocked()
+                self.check_settled(batcher)
         self.body_end_seq, self.body_end_time = self.mark()
         processed = self._processed_items()
         self.pending_at_body_end = sum(
@@ -528,6 +676,7 @@ class Run:
                         stats.active_keys,
                         stats.queued_items,
                         stats.processing_batches,
+                        stats.waiting_submits,
                     )
                     if self.sc.late_submit:
                         self.spawn_caller(nursery, self.batcher, KEYS[0], None)
@@ -675,6 +824,7 @@ def check_caller(
         assert call is not None, f"{what}: item never processed"
         assert call.mode == "ok", what
         assert call.returned, what
+        assert caller.index not in call.failed_items, f"{what}: its item was failed alone"
         assert outcome.value == (caller.key, caller.index), f"{what}: wrong output"
         assert not late, what
         return
@@ -688,6 +838,7 @@ def check_caller(
             f"{what}: BatcherClosed without a teardown (ending: {sc.ending.name})"
         )
     elif isinstance(exc, tb.Rejected):
+        assert sc.limits.overflow is tb.Overflow.REJECT, f"{what}: Overflow.WAIT never rejects"
         assert call is None, f"{what}: rejected item was processed"
         # The newest batch is full; with OnFull.PROCESS the queue also holds
         # max_batch_queue_size - 1 older batches of at least one item each.
@@ -714,12 +865,25 @@ def check_caller(
         assert call is not None, what
         assert call.mode == "break", what
         assert call.returned, what
+    elif isinstance(exc, tb.ItemFailed):
+        # Only the item process failed alone, in a call that returned its outputs.
+        assert call is not None, what
+        assert call.mode == "ok", what
+        assert call.returned, what
+        assert caller.index in call.failed_items, f"{what}: its item was not failed"
+        assert exc.__cause__ is call.failed_items[caller.index], f"{what}: cause {exc.__cause__!r}"
     else:
         pytest.fail(f"{what}: unexpected error type")
 
 
 def check_policy_timing(run: Run, processed_in: dict[int, ProcessCall]) -> None:
-    """Size and Duration never start a batch early (checked where nothing was withdrawn)."""
+    """Size and Duration never start a batch early.
+
+    Items withdrawn before a batch began processing may have been in it (making it
+    full, starting its timer earlier, or moving its timer with their deadline): the
+    bounds allow for every withdrawn item that may have been in it. That is one that
+    arrived after every item of an older batch of its key (batches are FIFO).
+    """
     sc = run.sc
     policy = sc.policy
     by_index = {c.index: c for c in run.callers}
@@ -737,25 +901,105 @@ def check_policy_timing(run: Run, processed_in: dict[int, ProcessCall]) -> None:
     for call in run.calls:
         if call.start_seq > run.body_end_seq:
             continue  # draining: every batch is ready
-        if any(withdrawn_before(c, call.start_time) for c in by_key[call.key]):
-            continue  # the batch may have been full, or had an older first item
-        full = len(call.inputs) == sc.limits.max_batch_size
+        if not isinstance(policy, tb.Size | tb.Duration):
+            continue
+        # Items of batches that began processing earlier arrived before this batch's.
+        fence = max(
+            (
+                by_index[item].submit_seq or 0
+                for older in run.calls
+                if older.key == call.key and older.start_time < call.start_time
+                for item in older.inputs
+            ),
+            default=-1,
+        )
+        maybe_in = [
+            c
+            for c in by_key[call.key]
+            if withdrawn_before(c, call.start_time)
+            and (c.submit_seq is None or fence < c.submit_seq < call.start_seq)
+        ]
+        # The batch may have been full: ready at once (Size; Duration with PROCESS).
+        maybe_full = len(call.inputs) + len(maybe_in) >= sc.limits.max_batch_size
         if isinstance(policy, tb.Size):
-            assert full, f"Size started a batch of {len(call.inputs)} before the drain"
-        elif isinstance(policy, tb.Duration) and (not full or policy.on_full is tb.OnFull.REJECT):
-            first = by_index[call.inputs[0]].submit_time
-            assert first is not None
-            assert call.start_time >= first + policy.delay_seconds - EPS, (
-                f"{policy} processed {list(call.inputs)} at t={call.start_time}, "
-                f"first item arrived at t={first}"
+            assert maybe_full, (
+                f"Size started a batch of {len(call.inputs)} before the drain "
+                f"(and at most {len(maybe_in)} withdrawn items were in it)"
             )
+        elif not maybe_full or policy.on_full is tb.OnFull.REJECT:
+            # The timer starts when the batch's first item joins (at its submit, or
+            # later if it waited for room).
+            first = min(c.submit_time or 0.0 for c in [by_index[call.inputs[0]], *maybe_in])
+            earliest = first + policy.delay_seconds
+            if policy.deadline_margin is not None:
+                # Deadline awareness: a caller with a deadline in the batch (the timer
+                # only moves earlier, even if it withdrew) may have moved its timer
+                # to deadline - margin - the average batch time, which is at most one
+                # batch's acquire + process time.
+                batch_time = sc.acquire_delay + sc.process_delay
+                for caller in [*(by_index[item] for item in call.inputs), *maybe_in]:
+                    if caller.deadline != math.inf:
+                        earliest = min(
+                            earliest, caller.deadline - policy.deadline_margin - batch_time
+                        )
+            assert call.start_time >= earliest - EPS, (
+                f"{policy} processed {list(call.inputs)} at t={call.start_time}, "
+                f"first item arrived at t={first}, earliest start t={earliest}"
+            )
+
+
+def check_deadline_awareness(run: Run, processed_in: dict[int, ProcessCall]) -> None:
+    """Deadline-aware Duration starts a batch in time for its callers' deadlines.
+
+    A caller with deadline ``d`` moved its batch's timer to at most ``d - margin``.
+    If at that instant it was the oldest item of its key still waiting (so its batch
+    was the oldest, and in the queue even with Overflow.WAIT) and a slot was free,
+    its batch started then: it cannot have timed out with its item unprocessed.
+    Checked without acquire (a started batch is processing) and with margin > 0
+    (with 0, the start and the timeout are the same instant).
+    """
+    sc = run.sc
+    policy = sc.policy
+    if not isinstance(policy, tb.Duration) or not policy.deadline_margin or sc.use_acquire:
+        return
+    for caller in run.callers:
+        outcome = caller.outcomes[0]
+        if caller.unhashable_key or caller.deadline == math.inf or caller.submit_seq is None:
+            continue
+        if outcome.kind != "cancelled" or caller.index in processed_in:
+            continue
+        if caller.cancel_time is not None and caller.cancel_time < caller.deadline:
+            continue  # cancelled by the script, not by its deadline
+        due = caller.deadline - policy.deadline_margin
+        assert caller.submit_time is not None
+        if not caller.submit_time < due < run.body_end_time:
+            continue
+        older_waiting = any(
+            other.key == caller.key
+            and not other.unhashable_key
+            and (other.submit_seq or 0) < caller.submit_seq
+            and other.outcomes[0].time >= due
+            and not (other.index in processed_in and processed_in[other.index].start_time < due)
+            for other in run.callers
+        )
+        if older_waiting:
+            continue
+        busy = sum(
+            1
+            for call in run.calls
+            if call.key == caller.key and call.start_time <= due < call.end_time
+        )
+        assert busy >= sc.limits.max_key_concurrency, (
+            f"{policy}: caller {caller.index} of {caller.key!r} timed out at t={caller.deadline} "
+            f"waiting, but at t={due} its batch was the oldest, with a slot free"
+        )
 
 
 def check(run: Run) -> None:
     sc = run.sc
     teardown_time = check_ending(run)
     assert not run.settle_failures, run.settle_failures
-    assert run.stats_after == (0, 0, 0), f"statistics after the block: {run.stats_after}"
+    assert run.stats_after == (0, 0, 0, 0), f"statistics after the block: {run.stats_after}"
     assert run.live_at_exit == 0, "a batch was still running after the block"
     assert run.acquire_enters == run.acquire_exits
     processed_in = check_calls(run)
@@ -768,6 +1012,7 @@ def check(run: Run) -> None:
     errors = [c.outcomes[0].value for c in run.callers if c.outcomes[0].kind == "error"]
     assert len({id(e) for e in errors}) == len(errors), "two callers got the same exception object"
     check_policy_timing(run, processed_in)
+    check_deadline_awareness(run, processed_in)
     if teardown_time == math.inf:
         # Drain does not wait for timers: at worst every pending item is its own batch,
         # run one after the other.
@@ -777,8 +1022,33 @@ def check(run: Run) -> None:
         assert took <= bound + EPS, f"drain took {took} s, at most {bound} s expected"
 
 
+# Rare at random: a caller that waited for room (Overflow.WAIT) is admitted into a
+# new batch at t=1; its deadline (t=1.5, margin 0.25) must move that batch's timer
+# to t=1.25, not leave it at t=2.
+WAITER_WITH_DEADLINE = Scenario(
+    policy=tb.Duration(1.0, on_full=tb.OnFull.REJECT, deadline_margin=0.25),
+    limits=tb.Limits(
+        max_batch_size=1,
+        max_key_concurrency=1,
+        max_batch_queue_size=1,
+        overflow=tb.Overflow.WAIT,
+    ),
+    use_acquire=False,
+    acquire_delay=0.0,
+    failing_acquire_keys=frozenset(),
+    process_delay=0.0,
+    script=(Submit("a", None), Sleep(0.0), Submit("a", 1.5), Sleep(2.0)),
+    settle_after_sleeps=False,
+    final_pause=FinalPause.NONE,
+    ending=Ending.DRAIN,
+    drain_cancel_delay=0.0,
+    late_submit=False,
+)
+
+
 @settings(max_examples=MAX_EXAMPLES, deadline=None)
 @given(scenario=scenarios())
+@example(scenario=WAITER_WITH_DEADLINE)
 def test_batcher_properties(scenario: Scenario) -> None:
     """Run one scripted scenario against the real batcher and check, in every example:
 
@@ -789,10 +1059,16 @@ def test_batcher_properties(scenario: Scenario) -> None:
       batches per key never exceed max_key_concurrency;
     - cancellation: a cancelled caller's item is never processed if the cancel came
       before process() began; a cancelled caller never waits past its cancel;
-    - Rejected only with a full queue (weakly); BatchFailed / ResourceAcquisitionFailed
-      / ProcessorContractError only for the batch that failed, with its cause;
-    - Size and Duration never start a batch early; nothing waits that its policy
-      would have started (at settle points); statistics() match the record there;
+    - Rejected only with a full queue (weakly), and never with Overflow.WAIT;
+      BatchFailed / ResourceAcquisitionFailed / ProcessorContractError only for the
+      batch that failed, with its cause; ItemFailed only for the item process failed
+      alone (cause: its own exception), every other caller of that call gets its output;
+    - Overflow.WAIT: waiters are admitted first come, first served (the order checks
+      above), and at settle points waiting_submits fits full queues only;
+    - Size and Duration never start a batch early (deadline-aware Duration: only as
+      early as a deadline in the batch allows, and in time for an oldest waiting
+      caller's deadline); nothing waits that its policy would have started (at
+      settle points); statistics() match the record there;
     - ending: drain gives no BatcherClosed except to late submits and does not wait
       for timers; a raised exception comes out as itself, a cancel as Cancelled;
       teardown is prompt; afterwards statistics() are zero and acquire enters == exits.
