@@ -604,7 +604,7 @@ class Batcher(Generic[K, I, O]):
                 logger.warning("%s", result.message)
             if state.overflow:
                 self._admit(key, state)
-            if not unwinding:
+            if not unwinding and state.waiting:
                 self._start_ready(key, state, after_finish=True)
             self._forget_if_idle(key, state)
 
