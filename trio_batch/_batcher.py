@@ -214,7 +214,6 @@ class Batcher(Generic[K, I, O]):
         self._draining = False
         # The block was left by an exception or a cancellation: start nothing.
         self._torn_down = False
-        # Duration timers: (deadline, sequence, key, key state, batch).
         self._deadline_margin: float | None = None
         # Deadline awareness: moving average of how long a batch takes from its
         # start to its end (None until one has finished).
@@ -368,7 +367,7 @@ class Batcher(Generic[K, I, O]):
     ) -> O:
         """Park a caller until its key has room (``Overflow.WAIT``)."""
         waiter = _OverflowWaiter(
-            self._caller_deadline() if self._uses_timer else math.inf,
+            self._caller_deadline(),
             None if self._dispatch is None else contextvars.copy_context(),
         )
         waiter.entry = (item, task, meta, waiter)
@@ -486,10 +485,8 @@ class Batcher(Generic[K, I, O]):
             deadline = caller_deadline
             batch.early = True
         elif deadline == batch.deadline:
-            return
+            return  # unchanged (also: no delay and no caller deadline, both inf)
         batch.deadline = deadline
-        if deadline == math.inf:
-            return
         self._cancel_timer(batch)
         entry = [deadline, next(self._timer_seq), key, state, batch]
         batch.timer = entry

@@ -28,4 +28,4 @@ class BatcherStatistics:
     #: Started batches: acquiring their resource or processing.
     processing_batches: int
     #: Callers waiting for room in their key's queue (``Overflow.WAIT``).
-    waiting_submits: int = 0
+    waiting_submits: int
