@@ -6,8 +6,8 @@ hook receives an immutable event synchronously: ``item_accepted`` and
 ``item_rejected`` in the caller's task (so an observer can read the caller's
 context, e.g. its tracing span); ``item_withdrawn`` while Trio delivers the
 caller's cancellation (in whichever task caused it); ``batch_started``
-in the batch's own task as it begins (before ``acquire``), and ``batch_finished``
-in that task after every caller has its outcome.
+in the task that runs the batch, as it begins (before ``acquire``), and
+``batch_finished`` in that task after every caller has its outcome.
 
 An observer that raises is logged (``trio_batch`` logger, with traceback) and
 removed from that batcher: observation can never break batching. Hooks must
@@ -20,9 +20,10 @@ with its end.
 
 Contexts: ``item_accepted`` runs in the caller's context (for ``Overflow.WAIT``,
 a copy of the caller's context taken when it began to wait). ``batch_started``
-and ``batch_finished`` run in the batch's own task, whose context is a copy of
-the context that entered the ``async with`` block, never a caller's; a
-contextvar that ``batch_started`` sets is seen by ``acquire`` and ``process``.
+and ``batch_finished`` run in the batch's own context, a fresh copy of the
+context that entered the ``async with`` block, never a caller's and never
+another batch's; a contextvar that ``batch_started`` sets is seen by
+``acquire`` and ``process`` of that batch only.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class ItemWithdrawn:
 class BatchStarted:
     """A batch started: it will now acquire its resource (if any) and be processed.
 
-    Emitted in the batch's own task as it begins, before ``acquire``.
+    Emitted in the task that runs the batch, in the batch's own context, as it
+    begins, before ``acquire``.
     """
 
     #: The batcher's ``name``.

@@ -15,7 +15,7 @@ batch processing: from a request's trace you can follow the link to the batch
 that served it, and from the batch to every request it served.
 
 Spans your code creates inside ``acquire`` and ``process`` are children of the
-batch span: ``batch_started`` runs in the batch's own task, before
+batch span: ``batch_started`` runs in the batch's own context, before
 ``acquire``, and makes the batch span current there.
 
 Design: ``item_accepted`` runs in the caller's context (for ``Overflow.WAIT``, a
@@ -167,9 +167,9 @@ class OpenTelemetryObserver:
                 "trio_batch.batch.start_reason": event.reason.value,
             },
         )
-        # This runs in the batch's own task, before acquire: the span is the
+        # This runs in the batch's own context, before acquire: the span is the
         # parent of whatever acquire and process trace. batch_finished, in the
-        # same task, detaches it.
+        # same context, detaches it.
         token = otel_context.attach(trace.set_span_in_context(span))
         self._batches[event.batch_id] = _OpenBatch(span, event.item_ids, token)
 

@@ -1,0 +1,138 @@
+"""The tasks that run batches: runners shared by batches, each batch in its own context.
+
+A batch runs in a *runner* task of the batcher's nursery. A runner runs one
+batch at a time and goes straight on to the next started batch when one
+finishes without blocking; a batch that blocks hands the batches still waiting
+for a runner to other runners first. These tests pin what that must never
+change: batches of different keys run concurrently, each batch sees a fresh
+copy of the block's context, every started batch gets an outcome even if the
+block is torn down before a runner took it, and idle runners do not pile up.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+import trio
+import trio.testing
+from conftest import Outcomes, Recorder
+
+import trio_batch as tb
+from trio_batch._batcher import _MAX_IDLE_RUNNERS
+
+_seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def test_batches_that_do_not_block_share_a_runner_but_not_a_context() -> None:
+    seen: dict[str, str] = {}
+    tasks: set[trio.lowlevel.Task] = set()
+
+    async def process(key: str, inputs: list[int]) -> list[int]:
+        # Never blocks: the runner goes straight on to the next batch.
+        seen[key] = _seen.get()
+        _seen.set(f"set by {key}")
+        tasks.add(trio.lowlevel.current_task())
+        return inputs
+
+    keys = [f"k{i}" for i in range(20)]
+    outcomes = Outcomes()
+    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+        for i, key in enumerate(keys):
+            outcomes.spawn(nursery, batcher, key, i)
+    assert outcomes.values == dict(enumerate(range(20)))
+    # Twenty batches started in one tick, none blocked: one task ran them all...
+    assert len(tasks) == 1
+    # ...yet none saw what another batch set in its context.
+    assert seen == dict.fromkeys(keys, "unset")
+    assert _seen.get() == "unset"
+
+
+async def test_a_blocking_batch_does_not_hold_up_the_batches_started_with_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    process = Recorder(delay=1.0)
+    outcomes = Outcomes()
+    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+        for i in range(50):
+            outcomes.spawn(nursery, batcher, f"k{i}", i)
+    # All fifty began at 0 and ran side by side, though they started in one tick.
+    assert len(outcomes.values) == 50
+    assert {start for _, _, start in process.calls} == {0.0}
+    assert set(outcomes.times.values()) == {1.0}
+    assert process.max_running_total == 50
+
+
+async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Clock) -> None:
+    children: list[int] = []
+
+    async def process(key: str, inputs: list[int]) -> list[int]:
+        # The batcher's nursery holds its runners (no timer task with Immediate).
+        nursery = trio.lowlevel.current_task().parent_nursery
+        assert nursery is not None
+        children.append(len(nursery.child_tasks))
+        await trio.sleep(1)
+        return inputs
+
+    outcomes = Outcomes()
+    burst = 3 * _MAX_IDLE_RUNNERS
+    async with tb.open_batcher(process) as batcher:
+        async with trio.open_nursery() as nursery:
+            for i in range(burst):
+                outcomes.spawn(nursery, batcher, f"k{i}", i)
+        # The burst needed a runner per batch; once idle, most of them exit.
+        assert max(children) == burst
+        await outcomes.submit(batcher, "after", "after")
+    assert children[-1] == _MAX_IDLE_RUNNERS
+    assert len(outcomes.values) == burst + 1
+
+
+class _Events(tb.Observer):
+    """Records the keys of started batches, and keys and outcomes of finished ones."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[tuple[str, tb.BatchOutcome]] = []
+
+    def batch_started(self, event: tb.BatchStarted) -> None:
+        self.started.append(event.key)
+
+    def batch_finished(self, event: tb.BatchFinished) -> None:
+        self.finished.append((event.key, event.outcome))
+
+
+class _Crash(BaseException):
+    """Not an Exception: it escapes ``process`` and tears the block down."""
+
+
+async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Three batches start in one tick and one runner takes the first. Its
+    # process crashes without blocking, so that runner dies with the other two
+    # batches still waiting for a runner, and no runner will ever take them.
+    events = _Events()
+    outcomes = Outcomes()
+    processed: list[str] = []
+
+    async def process(key: str, inputs: list[str]) -> list[str]:
+        processed.append(key)
+        raise _Crash
+
+    crashed = False
+    try:
+        async with trio.open_nursery() as callers:
+            async with tb.open_batcher(process, observers=[events]) as batcher:
+                # The callers live outside the block: they outlive the crash.
+                for key in "xyz":
+                    callers.start_soon(outcomes.submit, batcher, key, key)
+                await trio.sleep_forever()
+    except* _Crash:
+        crashed = True
+    assert crashed
+    assert len(processed) == 1
+    assert outcomes.values == {}
+    assert sorted(outcomes.errors) == ["x", "y", "z"]
+    assert all(type(error) is tb.BatcherClosed for error in outcomes.errors.values())
+    # Observers see every batch start and finish, the two untaken ones included.
+    assert sorted(events.started) == ["x", "y", "z"]
+    assert sorted(events.finished) == [(key, tb.BatchOutcome.CANCELLED) for key in "xyz"]
