@@ -98,6 +98,7 @@ from ._policies import (
     Limits,
     Overflow,
     Policy,
+    Size,
     check_compatible,
     start_reason,
 )
@@ -202,6 +203,7 @@ class Batcher(Generic[K, I, O]):
         "_process",
         "_ready",
         "_runner_name",
+        "_starts_on_fill_only",
         "_timer_heap",
         "_timer_scope",
         "_timer_seq",
@@ -256,6 +258,9 @@ class Batcher(Generic[K, I, O]):
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
         self._uses_timer = False
+        # An arrival can make a batch ready only by filling it (timers, finishes
+        # and the drain start batches otherwise).
+        self._starts_on_fill_only = isinstance(policy, Size | Duration)
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
             self._uses_timer = (
@@ -385,7 +390,12 @@ class Batcher(Generic[K, I, O]):
                 self._set_timer(key, state, batch, self._caller_deadline())
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
-            if state.started < self._limits.max_key_concurrency and state.waiting[0] is batch:
+            # Size and Duration start a batch on an arrival only when it fills.
+            if (
+                (batch.filled or not self._starts_on_fill_only)
+                and state.started < self._limits.max_key_concurrency
+                and state.waiting[0] is batch
+            ):
                 self._start_ready(key, state, after_finish=False)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
