@@ -39,7 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=float, default=None, help="scale the calls per run (default 1.0)"
     )
-    parser.add_argument("--repeat", type=int, default=None, help="measured repetitions (default 9)")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="measured repetitions, at least (default 9)"
+    )
+    parser.add_argument(
+        "--max-repeat",
+        type=int,
+        default=None,
+        help=(
+            "repeat further, up to this many in all, while a ratio's standard error "
+            "exceeds --spread (default 3 x --repeat; --quick: no more)"
+        ),
+    )
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.05,
+        help="standard error wanted on every ratio, relative (default 0.05)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
     parser.add_argument(
         "--clients", type=int, default=1000, help="concurrent clients (default 1000)"
@@ -113,8 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size if args.size is not None else (0.05 if args.quick else 1.0)
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 9)
+    max_repeat = args.max_repeat
+    if max_repeat is None:
+        max_repeat = repeat if args.quick else 3 * repeat
     if size <= 0 or repeat < 1 or args.warmup < 0 or args.clients < 1:
         parser.error("--size must be > 0, --repeat and --clients >= 1, --warmup >= 0")
+    if max_repeat < repeat or args.spread <= 0:
+        parser.error("--max-repeat must be >= --repeat, --spread > 0")
     workloads = build_workloads(size, args.clients)
     impls = _split(args.impls) if args.impls else None
     for impl_id in impls or []:
@@ -140,12 +162,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         these = [i for i in impls if i in workload.impls] if impls is not None else None
         results.append(
             run_workload(
-                workload, repeat=repeat, warmup=args.warmup, impls=these, progress=progress
+                workload,
+                repeat=repeat,
+                warmup=args.warmup,
+                impls=these,
+                progress=progress,
+                max_repeat=max_repeat,
+                spread=args.spread,
+                clock=args.clock,
             )
         )
     progress("")
     suite = SuiteResult(
-        meta(size=size, repeat=repeat, warmup=args.warmup, clock=args.clock), results
+        meta(
+            size=size,
+            repeat=repeat,
+            warmup=args.warmup,
+            clock=args.clock,
+            max_repeat=max_repeat,
+            spread=args.spread,
+        ),
+        results,
     )
     if args.json:
         print(json.dumps(to_json(suite), indent=2))

@@ -182,6 +182,15 @@ def targets(suite: SuiteResult) -> list[Target]:
     return found
 
 
+def _repetitions(meta: dict[str, object]) -> str:
+    least, most = meta["repeat"], meta.get("max_repeat", meta["repeat"])
+    if most == least:
+        return f"{least}"
+    spread = meta.get("spread", 0.05)
+    assert isinstance(spread, float)
+    return f"{least} to {most} (more while a ratio's standard error exceeds {spread:.0%})"
+
+
 def render_text(suite: SuiteResult) -> str:
     """The human-readable report."""
     meta = suite.meta
@@ -189,7 +198,7 @@ def render_text(suite: SuiteResult) -> str:
         "trio_batch benchmarks: "
         f"{meta['implementation']} {meta['python']}, trio {meta['trio']}, "
         f"trio_batch {meta['trio_batch']}, {meta['cpus']} CPUs, {meta['platform']}",
-        f"size {meta['size']}, {meta['warmup']} warm-up + {meta['repeat']} interleaved "
+        f"size {meta['size']}, {meta['warmup']} warm-up + {_repetitions(meta)} interleaved "
         "repetitions; ratios are per repetition, then the median (± its standard error); "
         f"targets use {meta['clock']} time",
         "",

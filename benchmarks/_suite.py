@@ -6,6 +6,12 @@ repetition runs every contestant once, back to back, in a rotating order
 contestant's ratio to the floor is computed *within* a repetition. The table
 shows the median of those per-repetition ratios and its standard error,
 estimated from their interquartile range.
+
+Garbage collection makes single runs of the same contestant differ by 10-20%
+(where a full collection falls in a run varies), so a fixed number of
+repetitions does not give a fixed precision. After the minimum number of
+repetitions, more are run, up to a maximum, until every ratio's standard
+error is within the wanted spread (5% by default).
 """
 
 from __future__ import annotations
@@ -135,8 +141,16 @@ def run_workload(
     warmup: int = 1,
     impls: Sequence[str] | None = None,
     progress: Progress = _quiet,
+    max_repeat: int | None = None,
+    spread: float = 0.05,
+    clock: Clock = "wall",
 ) -> WorkloadResult:
-    """Warm up, then ``repeat`` interleaved repetitions of every contestant."""
+    """Warm up, then at least ``repeat`` interleaved repetitions of every contestant.
+
+    While some contestant's ratio to the floor (on ``clock``) has a standard
+    error above ``spread``, repetitions go on, up to ``max_repeat`` in all
+    (default: ``repeat``, so exactly ``repeat`` are run).
+    """
     wanted = list(workload.impls if impls is None else impls)
     skipped = [i for i in wanted if IMPLS[i].runtime == "asyncio" and not _peers.available()]
     ids = [i for i in wanted if i not in skipped]
@@ -148,14 +162,25 @@ def run_workload(
         progress(f"({workload.id}) warm-up {round_ + 1}/{warmup}")
         for impl_id in ids:
             run_once(workload, impl_id)
+    most = max(repeat, max_repeat if max_repeat is not None else repeat)
     samples: dict[str, list[Sample]] = {impl_id: [] for impl_id in ids}
-    for rep in range(repeat):
-        progress(f"({workload.id}) repetition {rep + 1}/{repeat}")
+    kind = ratio_of(workload)
+    rep = 0
+    while True:
+        rows = _rows(workload, kind, ids, samples)
+        if rep >= most or (rep >= repeat and _steady(rows, clock, spread)):
+            return WorkloadResult(workload, kind, rows, skipped)
+        progress(f"({workload.id}) repetition {rep + 1}/{repeat if rep < repeat else most}")
         shift = rep % len(ids)
         for impl_id in ids[shift:] + ids[:shift]:
             gc.collect()
             samples[impl_id].append(run_once(workload, impl_id))
-    kind = ratio_of(workload)
+        rep += 1
+
+
+def _rows(
+    workload: Workload, kind: RatioOf, ids: list[str], samples: dict[str, list[Sample]]
+) -> list[Row]:
     rows = []
     for impl_id in ids:
         row = Row(impl_id, IMPLS[impl_id].label, samples[impl_id])
@@ -169,10 +194,29 @@ def run_workload(
                 for clock in clocks
             }
         rows.append(row)
-    return WorkloadResult(workload, kind, rows, skipped)
+    return rows
 
 
-def meta(*, size: float, repeat: int, warmup: int, clock: Clock = "wall") -> dict[str, object]:
+def _steady(rows: list[Row], clock: Clock, spread: float) -> bool:
+    """Whether every ratio's standard error is known and within ``spread``."""
+    for row in rows:
+        clocks = [clock] if clock in row.ratios else list(row.ratios)
+        for which in clocks:
+            error = row.ratio_spread(which)
+            if error is None or error > spread:
+                return False
+    return True
+
+
+def meta(
+    *,
+    size: float,
+    repeat: int,
+    warmup: int,
+    clock: Clock = "wall",
+    max_repeat: int | None = None,
+    spread: float = 0.05,
+) -> dict[str, object]:
     """Where and how the suite ran."""
     import os
     import platform
@@ -189,6 +233,8 @@ def meta(*, size: float, repeat: int, warmup: int, clock: Clock = "wall") -> dic
         "cpus": os.cpu_count(),
         "size": size,
         "repeat": repeat,
+        "max_repeat": repeat if max_repeat is None else max_repeat,
+        "spread": spread,
         "warmup": warmup,
         "clock": clock,
         "argv": sys.argv[1:],

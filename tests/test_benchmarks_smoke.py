@@ -57,6 +57,17 @@ def check_counts(workload: Workload, impl: str, sample: Sample) -> None:
     assert 1 <= sample.batches <= sample.processed
 
 
+@pytest.mark.parametrize(("spread", "runs"), [(1e-12, 4), (1e12, 2)])
+def test_repetitions_go_on_while_a_ratio_is_not_steady_up_to_the_maximum(
+    spread: float, runs: int
+) -> None:
+    workload = tiny()["b"]
+    result = run_workload(
+        workload, repeat=2, max_repeat=4, spread=spread, warmup=0, impls=["floor", "immediate"]
+    )
+    assert [len(row.samples) for row in result.rows] == [runs, runs]
+
+
 @pytest.mark.parametrize("workload_id", ["a", "b", "c", "d", "e"])
 def test_workload_runs_and_counts_right(workload_id: str) -> None:
     workload = tiny()[workload_id]
