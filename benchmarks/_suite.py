@@ -156,13 +156,15 @@ def run_workload(
     ids = [i for i in wanted if i not in skipped]
     if not ids:
         return WorkloadResult(workload, ratio_of(workload), [], skipped)
+    most = max(repeat, max_repeat if max_repeat is not None else repeat)
     if workload.kind == "memory":
-        warmup, repeat = 0, 1  # deterministic; it warms up inside the run
+        # Deterministic, and it warms up inside the run: one run, no more.
+        warmup = 0
+        repeat = most = 1
     for round_ in range(warmup):
         progress(f"({workload.id}) warm-up {round_ + 1}/{warmup}")
         for impl_id in ids:
             run_once(workload, impl_id)
-    most = max(repeat, max_repeat if max_repeat is not None else repeat)
     samples: dict[str, list[Sample]] = {impl_id: [] for impl_id in ids}
     kind = ratio_of(workload)
     rep = 0
