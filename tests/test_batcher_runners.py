@@ -62,6 +62,42 @@ async def test_a_blocking_batch_does_not_hold_up_the_batches_started_with_it(
     assert process.max_running_total == 50
 
 
+class _Ticks(trio.abc.Instrument):
+    """Counts the iterations of Trio's run loop (each one polls for I/O once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+async def test_when_a_batch_blocks_the_others_are_handed_over_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ticks = _Ticks()
+    began_at_tick: list[int] = []
+
+    async def process(key: str, inputs: list[int]) -> list[int]:
+        began_at_tick.append(ticks.count)
+        await trio.sleep(1)
+        return inputs
+
+    outcomes = Outcomes()
+    trio.lowlevel.add_instrument(ticks)
+    try:
+        async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+            for i in range(20):
+                outcomes.spawn(nursery, batcher, f"k{i}", i)
+    finally:
+        trio.lowlevel.remove_instrument(ticks)
+    assert len(outcomes.values) == 20
+    # The first batch's runner sees it block and wakes a runner for each of the
+    # other nineteen: they all begin one scheduler tick later, not one after another.
+    first, *others = began_at_tick
+    assert set(others) == {first + 1}
+
+
 async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Clock) -> None:
     children: list[int] = []
 

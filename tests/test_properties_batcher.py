@@ -148,15 +148,21 @@ class Scenario:
     policy: tb.Policy
     limits: tb.Limits
     use_acquire: bool
-    acquire_delay: float
+    #: None: no checkpoint at all (the batch runs to its end without blocking).
+    acquire_delay: float | None
     failing_acquire_keys: frozenset[str]
-    process_delay: float
+    process_delay: float | None
     script: tuple[Operation, ...]
     settle_after_sleeps: bool  # an implicit Settle after every Sleep
     final_pause: FinalPause
     ending: Ending
     drain_cancel_delay: float
     late_submit: bool
+
+    @property
+    def batch_time(self) -> float:
+        """How long one batch takes from its start to its end."""
+        return (self.acquire_delay or 0.0) + (self.process_delay or 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,11 +235,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         policy=draw(POLICIES[limits.max_batch_size]),
         limits=limits,
         use_acquire=use_acquire,
-        acquire_delay=draw(st.sampled_from([0.0, 0.25, 0.5])) if use_acquire else 0.0,
+        acquire_delay=draw(st.sampled_from([None, 0.0, 0.25, 0.5])) if use_acquire else 0.0,
         failing_acquire_keys=(
             draw(st.frozensets(keys, max_size=1)) if use_acquire else frozenset()
         ),
-        process_delay=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+        process_delay=draw(st.sampled_from([None, 0.0, 0.25, 0.5, 1.0])),
         script=tuple(draw(SCRIPTS)),
         settle_after_sleeps=draw(st.booleans()),
         final_pause=draw(st.sampled_from(FinalPause)),
@@ -349,7 +355,8 @@ class Run:
         self.acquire_enters += 1
         self._slot_taken(key)
         try:
-            await trio.sleep(self.sc.acquire_delay)
+            if self.sc.acquire_delay is not None:
+                await trio.sleep(self.sc.acquire_delay)
             if key in self.sc.failing_acquire_keys:
                 raise AcquireBoom(key)
             yield f"resource-{key}"
@@ -367,7 +374,8 @@ class Run:
         if not self.sc.use_acquire:
             self._slot_taken(key)
         try:
-            await trio.sleep(self.sc.process_delay)
+            if self.sc.process_delay is not None:
+                await trio.sleep(self.sc.process_delay)
             if mode == "fail":
                 call.error = ProcessBoom(key)
                 raise call.error
@@ -936,7 +944,7 @@ def check_policy_timing(run: Run, processed_in: dict[int, ProcessCall]) -> None:
                 # only moves earlier, even if it withdrew) may have moved its timer
                 # to deadline - margin - the average batch time, which is at most one
                 # batch's acquire + process time.
-                batch_time = sc.acquire_delay + sc.process_delay
+                batch_time = sc.batch_time
                 for caller in [*(by_index[item] for item in call.inputs), *maybe_in]:
                     if caller.deadline != math.inf:
                         earliest = min(
@@ -1016,7 +1024,7 @@ def check(run: Run) -> None:
     if teardown_time == math.inf:
         # Drain does not wait for timers: at worst every pending item is its own batch,
         # run one after the other.
-        per_batch = sc.acquire_delay + sc.process_delay
+        per_batch = sc.batch_time
         bound = (run.pending_at_body_end + run.live_at_body_end) * per_batch
         took = run.block_exit_time - run.body_end_time
         assert took <= bound + EPS, f"drain took {took} s, at most {bound} s expected"

@@ -445,11 +445,9 @@ class Batcher(Generic[K, I, O]):
         return trio.current_effective_deadline() - margin - (self._batch_seconds or 0.0)
 
     def _start_ready(self, key: K, state: KeyState[I, _Task], *, after_finish: bool) -> None:
-        """Spawn a task for every batch of ``key`` that may start now."""
+        """Start every batch of ``key`` that may start now, and see that a runner will take it."""
         if self._torn_down:
             return
-        nursery = self._nursery
-        assert nursery is not None
         started_before = state.started
         started = state.start_ready(
             self._policy, self._limits, after_finish=after_finish, draining=self._draining
@@ -582,7 +580,7 @@ class Batcher(Generic[K, I, O]):
             if batch.timer is not None:
                 self._cancel_timer(batch)
             if batch.scope is not None:
-                # Dropped while started: stop its acquisition. Its task's
+                # Dropped while started: stop its acquisition. Its runner's
                 # ``finally`` frees the slot.
                 batch.scope.cancel()
             # A dropped batch may uncover a ready one, or leave the key idle.
@@ -736,7 +734,7 @@ class Batcher(Generic[K, I, O]):
     ) -> Sequence[Any] | _Failure | None:
         assert self._acquire is not None
         if batch.state != STARTING:
-            return None  # dropped before its task ran
+            return None  # dropped before a runner took it
         processing = False
         outputs: Sequence[Any] | None = None
         process_error: Exception | None = None

@@ -2,7 +2,7 @@
 
 This is the per-key model of the spec, as plain data with no Trio and no clock:
 the batcher (``_batcher``) calls these methods from synchronous code and acts on
-what they return (spawn a batch task, park or wake a caller). Keeping it pure is
+what they return (hand a batch to a runner, park or wake a caller). Keeping it pure is
 what lets ``tests/test_properties_key_state.py`` check it with a Hypothesis state
 machine.
 
@@ -47,7 +47,7 @@ W = TypeVar("W")
 
 # Batch life cycle. A batch only moves forward through these.
 WAITING = 0  # in the queue, not started
-STARTING = 1  # started (task spawned, maybe acquiring), still in the queue, still filling
+STARTING = 1  # started (waiting for a runner, or acquiring), still in the queue and filling
 PROCESSING = 2  # process() has been called with its inputs; out of the queue
 DONE = 3  # finished, failed, or dropped; out of the queue
 
@@ -91,7 +91,7 @@ class Batch(Generic[I, W]):
         self.timer: list[Any] | None = None
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
-        #: The batch task's cancel scope, set by the batcher while it acquires.
+        #: The cancel scope around its acquisition, set by the batcher meanwhile.
         self.scope: trio.CancelScope | None = None
         #: Observed batchers only: (item id, submit time) per input, aligned
         #: with ``inputs`` until processing begins; batch id, start time and reason.
@@ -217,7 +217,7 @@ class KeyState(Generic[I, W]):
         return True
 
     def finish(self, batch: Batch[I, W]) -> list[W | None]:
-        """A started batch's task is ending: free its slot, return waiters still owed an outcome.
+        """A started batch is ending: free its slot, return waiters still owed an outcome.
 
         If the batch never began processing (acquire failed, or teardown), it
         leaves the queue now and all its waiters are returned.
@@ -232,8 +232,8 @@ class KeyState(Generic[I, W]):
         """Remove a waiter's item from a batch that has not begun processing.
 
         Returns ``True`` if that emptied the batch, which is then dropped: taken
-        out of the queue (a started batch's slot stays taken until its task
-        ends and calls :meth:`finish`).
+        out of the queue (a started batch's slot stays taken until the runner
+        that takes it ends it with :meth:`finish`).
         """
         index = batch.waiters.index(waiter)
         del batch.waiters[index]
@@ -245,7 +245,7 @@ class KeyState(Generic[I, W]):
         if batch.state == WAITING:
             self.waiting.remove(batch)
         else:
-            # STARTING: its task keeps the slot until it ends and calls finish();
+            # STARTING: it keeps the slot until its runner ends it and calls finish();
             # begin_processing() will see the batch is gone and refuse it.
             self.starting.remove(batch)
         batch.state = DONE
