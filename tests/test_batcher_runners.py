@@ -98,6 +98,45 @@ async def test_when_a_batch_blocks_the_others_are_handed_over_at_once(
     assert set(others) == {first + 1}
 
 
+async def test_items_submitted_in_the_round_that_started_a_batch_join_it_whatever_the_runners(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A runner that resumes in the same scheduling round as two callers of a new
+    # key, between them, must not take the batch the first caller started before
+    # the second one has joined it (SPEC, per-key model).
+    calls: list[tuple[str, list[int]]] = []
+    gate = trio.Event()
+
+    async def process(key: str, inputs: list[int]) -> list[int]:
+        calls.append((key, list(inputs)))
+        if key.startswith("slow"):
+            await gate.wait()  # a runner parked inside this batch
+        return inputs
+
+    async def caller(
+        batcher: tb.Batcher[str, int, int], event: trio.Event, key: str, item: int
+    ) -> None:
+        await event.wait()
+        await batcher.submit(key, item)
+
+    async with tb.open_batcher(process) as batcher:
+        # Trio runs a round's tasks in an order it varies (reversed, or shuffled
+        # under pytest-trio): repeat until the runner has surely run between them.
+        for i in range(20):
+            gate = trio.Event()
+            first, second = trio.Event(), trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(batcher.submit, f"slow{i}", 0)
+                nursery.start_soon(caller, batcher, first, f"new{i}", 1)
+                nursery.start_soon(caller, batcher, second, f"new{i}", 2)
+                await trio.testing.wait_all_tasks_blocked()
+                # The first caller, the runner and the second caller run in the next round.
+                first.set()
+                gate.set()
+                second.set()
+    assert [sorted(inputs) for key, inputs in calls if key.startswith("new")] == [[1, 2]] * 20
+
+
 async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Clock) -> None:
     children: list[int] = []
 

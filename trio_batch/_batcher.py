@@ -203,6 +203,7 @@ class Batcher(Generic[K, I, O]):
         "_process",
         "_ready",
         "_runner_name",
+        "_seq",
         "_starts_on_fill_only",
         "_timer_heap",
         "_timer_scope",
@@ -233,8 +234,11 @@ class Batcher(Generic[K, I, O]):
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, _Task]] = {}
         self._nursery: trio.Nursery | None = None
-        # Started batches not yet taken by a runner, oldest first.
-        self._ready: deque[tuple[K, KeyState[I, _Task], Batch[I, _Task]]] = deque()
+        # Started batches not yet taken by a runner, oldest first, each with the
+        # sequence number of its start (0: started by a runner's own step).
+        self._ready: deque[tuple[K, KeyState[I, _Task], Batch[I, _Task], int]] = deque()
+        # Orders starts by other tasks against runners' barriers (see _run_ready).
+        self._seq = 0
         # Runner tasks parked with nothing to run (most recently parked last).
         self._idle_runners: list[_Task] = []
         # Runners woken or spawned that have not yet looked at ``_ready``.
@@ -455,12 +459,17 @@ class Batcher(Generic[K, I, O]):
         if not started:
             return
         ready = self._ready
+        if self._driving:
+            seq = 0  # the runner whose step this is takes it, or hands it over
+        else:
+            self._seq += 1
+            seq = self._seq
         for index, batch in enumerate(started):
             if batch.timer is not None:
                 self._cancel_timer(batch)
             if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
                 self._note_start(key, batch, started_before + index, after_finish and not index)
-            ready.append((key, state, batch))
+            ready.append((key, state, batch, seq))
         if not self._pending_runners and not self._driving:
             self._add_runner()
 
@@ -469,23 +478,32 @@ class Batcher(Generic[K, I, O]):
     def _add_runner(self) -> None:
         """Wake an idle runner, or spawn one, to take what is in ``_ready``."""
         self._pending_runners += 1
+        self._seq += 1
         if self._idle_runners:
-            trio.lowlevel.reschedule(self._idle_runners.pop())
+            trio.lowlevel.reschedule(self._idle_runners.pop(), outcome.Value(self._seq))
         else:
             # In the block's context: a task copies the context it is spawned in.
-            self._context.run(self._spawn_runner)
+            self._context.run(self._spawn_runner, self._seq)
 
-    def _spawn_runner(self) -> None:
+    def _spawn_runner(self, barrier: int) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_ready, name=self._runner_name)
+        self._nursery.start_soon(self._run_ready, barrier, name=self._runner_name)
 
-    async def _run_ready(self) -> None:
+    async def _run_ready(self, barrier: int) -> None:
         """A runner: run started batches one after another, park when there are none.
 
         A batch that never blocks (its ``process`` returns without waiting)
         costs no task switch at all: the runner goes straight on to the next.
         A batch that blocks hands what is left over to other runners first
         (see :meth:`_drive`), so keys never wait for each other's batches.
+
+        A batch started by another task must go on filling until Trio's next
+        scheduling round: the SPEC promises that items submitted in the same
+        round as the one that started it still join it. A runner woken (or
+        spawned) after the start runs in a later round, so it may take the
+        batch at once; ``barrier`` is the sequence number of this runner's
+        wake. A batch started after it (it may be in the current round) makes
+        the runner yield once, with a new barrier, before taking it.
         """
         ready = self._ready
         idle = self._idle_runners
@@ -498,14 +516,22 @@ class Batcher(Generic[K, I, O]):
         while True:
             self._pending_runners -= 1
             while ready:
-                key, state, batch = ready.popleft()
+                if ready[0][3] > barrier:
+                    # Still looking at the queue, as a pending runner would.
+                    self._pending_runners += 1
+                    self._seq += 1
+                    barrier = self._seq
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self._pending_runners -= 1
+                    continue
+                key, state, batch, _ = ready.popleft()
                 await self._drive(self._run_batch(key, state, batch))
                 # Keep nothing of a key that may be forgotten while this runner is idle.
                 key = state = batch = None  # type: ignore[assignment]
             if self._draining or len(idle) >= _MAX_IDLE_RUNNERS:
                 return  # nothing will be started that needs this runner
             idle.append(task)
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            barrier = await trio.lowlevel.wait_task_rescheduled(abort)
 
     @types.coroutine
     def _drive(self, coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, None]:
@@ -886,7 +912,8 @@ class Batcher(Generic[K, I, O]):
         # Idle runners exit: from now on a runner with nothing to run returns.
         while self._idle_runners:
             self._pending_runners += 1
-            trio.lowlevel.reschedule(self._idle_runners.pop())
+            self._seq += 1
+            trio.lowlevel.reschedule(self._idle_runners.pop(), outcome.Value(self._seq))
 
     def _stop_timers(self) -> None:
         self._timer_heap.clear()
@@ -916,7 +943,7 @@ class Batcher(Generic[K, I, O]):
         # Started batches no runner took before the nursery was cancelled.
         ready = self._ready
         while ready:
-            key, state, batch = ready.popleft()
+            key, state, batch, _ = ready.popleft()
             self._context.copy().run(self._close_untaken, key, state, batch)
         keys = self._keys
         self._keys = {}
