@@ -28,9 +28,13 @@ Design, in the order things happen:
   batch. The first time a batch blocks, its runner wakes (or spawns) enough
   runners for every batch still waiting for one, so a batch never waits for
   another batch to finish before it can begin; the price is that those batches
-  begin one scheduler tick later than with a task each. At most
-  ``_MAX_IDLE_RUNNERS`` idle runners are kept; a runner with nothing to run
-  exits instead of parking beyond that, and during the drain.
+  begin one scheduler tick later than with a task each. A batch started by
+  another task (a caller, the timer task) is never taken in the scheduling
+  round it started in, so items submitted in that round still join it: each
+  such start gets a sequence number, and a runner takes it only if the runner
+  was woken after it (and so runs in a later round), or else yields once
+  first. At most ``_MAX_IDLE_RUNNERS`` idle runners are kept; a runner with
+  nothing to run exits instead of parking beyond that, and during the drain.
 
 Rejected alternatives: a single worker task per batcher or per key (a
 bottleneck, and a place for cancellations to jam, as Ray Serve found); a task
