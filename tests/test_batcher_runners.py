@@ -211,3 +211,23 @@ async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
     # Observers see every batch start and finish, the two untaken ones included.
     assert sorted(events.started) == ["x", "y", "z"]
     assert sorted(events.finished) == [(key, tb.BatchOutcome.CANCELLED) for key in "xyz"]
+
+
+async def test_ending_a_batch_is_protected_from_keyboard_interrupt() -> None:
+    # batch_finished runs while the batch is ended: after its slot is freed and
+    # before (or while) its callers get their outcomes. A KeyboardInterrupt there
+    # would strand them, so Trio must deliver it elsewhere.
+    protected: list[bool] = []
+
+    class Probe(tb.Observer):
+        def batch_finished(self, event: tb.BatchFinished) -> None:
+            protected.append(trio.lowlevel.currently_ki_protected())
+
+    async def process(key: str, inputs: list[int]) -> list[int]:
+        protected.append(trio.lowlevel.currently_ki_protected())
+        return inputs
+
+    async with tb.open_batcher(process, observers=[Probe()]) as batcher:
+        assert await batcher.submit("k", 1) == 1
+    # process itself is not protected; ending its batch is.
+    assert protected == [False, True]

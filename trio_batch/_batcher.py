@@ -723,6 +723,7 @@ class Batcher(Generic[K, I, O]):
         finally:
             self._finish_batch(key, state, batch, result, unwinding, began)
 
+    @trio.lowlevel.enable_ki_protection
     def _finish_batch(
         self,
         key: K,
@@ -732,7 +733,12 @@ class Batcher(Generic[K, I, O]):
         unwinding: bool,
         began: float,
     ) -> None:
-        """Free the batch's slot, deliver its outcomes, and start what may now start."""
+        """Free the batch's slot, deliver its outcomes, and start what may now start.
+
+        Protected from KeyboardInterrupt: between freeing the slot and delivering,
+        the batch is in no queue, so an interrupt there would leave its callers
+        without an outcome.
+        """
         waiters = state.finish(batch)
         if result is None:
             # Cancelled by teardown, or crashed with a BaseException (or dropped,
