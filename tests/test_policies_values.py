@@ -208,3 +208,35 @@ async def test_balanced_hint_equal_to_max_batch_size_is_accepted(
         process, policy=tb.Balanced(5), limits=tb.Limits(max_batch_size=5)
     ) as batcher:
         assert await batcher.submit("k", 1) == "k:1"
+
+
+class _Facts:
+    """A batch as the policies see it."""
+
+    def __init__(self, size: int, *, filled: bool, expired: bool, early: bool = False) -> None:
+        self.size = size
+        self.filled = filled
+        self.expired = expired
+        self.early = early
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [tb.Immediate(), tb.Size(), tb.Duration(0.5), tb.Duration(0.5, on_full=tb.OnFull.REJECT)]
+    + [tb.Balanced(hint) for hint in (1, 2, 4)],
+    ids=repr,
+)
+def test_fill_only_on_arrival_says_whether_an_arrival_can_start_a_batch_it_does_not_fill(
+    policy: Any,
+) -> None:
+    # The batcher skips the readiness check of an arrival that does not fill its
+    # batch when this flag is set; it must agree with the policy's own rule. An
+    # arrival never expires a timer and is never a finish.
+    can = any(
+        policy._may_start(
+            _Facts(size, filled=False, expired=False), started=started, after_finish=False
+        )
+        for size in range(1, 5)
+        for started in range(3)
+    )
+    assert policy._fill_only_on_arrival is not can

@@ -102,7 +102,6 @@ from ._policies import (
     Limits,
     Overflow,
     Policy,
-    Size,
     check_compatible,
     start_reason,
 )
@@ -266,9 +265,8 @@ class Batcher(Generic[K, I, O]):
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
         self._uses_timer = False
-        # An arrival can make a batch ready only by filling it (timers, finishes
-        # and the drain start batches otherwise).
-        self._starts_on_fill_only = isinstance(policy, Size | Duration)
+        # Whether an arrival can make a batch ready only by filling it.
+        self._starts_on_fill_only = policy._fill_only_on_arrival
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
             self._uses_timer = (
@@ -398,7 +396,7 @@ class Batcher(Generic[K, I, O]):
                 self._set_timer(key, state, batch, self._caller_deadline())
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
-            # Size and Duration start a batch on an arrival only when it fills.
+            # Under Size and Duration, only an arrival that fills it can.
             if (
                 (batch.filled or not self._starts_on_fill_only)
                 and state.started < self._limits.max_key_concurrency

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Protocol, TypeAlias, final
+from typing import Any, ClassVar, Protocol, TypeAlias, final
 
 import attrs
 
@@ -150,6 +150,9 @@ class Immediate:
     starts whatever its size. Under load, batches grow by themselves.
     """
 
+    #: An arriving item can make its batch ready without filling it.
+    _fill_only_on_arrival: ClassVar[bool] = False
+
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return True
 
@@ -163,6 +166,9 @@ class Size:
     later, when a slot frees. A partial batch waits (there is no timer) until it
     fills or the batcher drains; pair with :class:`Duration` if traffic can stop.
     """
+
+    #: An arriving item makes its batch ready only by filling it.
+    _fill_only_on_arrival: ClassVar[bool] = True
 
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return batch.filled
@@ -226,6 +232,10 @@ class Duration:
     )
     deadline_margin: float | None = attrs.field(default=None, validator=_check_margin, kw_only=True)
 
+    #: An arriving item makes its batch ready only by filling it (the timer
+    #: task starts expired batches).
+    _fill_only_on_arrival: ClassVar[bool] = True
+
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return batch.expired or (batch.filled and self.on_full is OnFull.PROCESS)
 
@@ -250,6 +260,9 @@ class Balanced:
     """
 
     min_size_hint: int = attrs.field(validator=_check_int_at_least_1)
+
+    #: An arriving item can make its batch ready without filling it.
+    _fill_only_on_arrival: ClassVar[bool] = False
 
     def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
         return after_finish or started == 0 or batch.size >= self.min_size_hint
