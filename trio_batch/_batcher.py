@@ -479,13 +479,19 @@ class Batcher(Generic[K, I, O]):
 
     def _add_runner(self) -> None:
         """Wake an idle runner, or spawn one, to take what is in ``_ready``."""
-        self._pending_runners += 1
-        self._seq += 1
         if self._idle_runners:
-            trio.lowlevel.reschedule(self._idle_runners.pop(), outcome.Value(self._seq))
+            self._wake_runner(self._idle_runners.pop())
         else:
+            self._pending_runners += 1
+            self._seq += 1
             # In the block's context: a task copies the context it is spawned in.
             self._context.run(self._spawn_runner, self._seq)
+
+    def _wake_runner(self, task: _Task) -> None:
+        """Reschedule an idle runner, with a barrier later than every start so far."""
+        self._pending_runners += 1
+        self._seq += 1
+        trio.lowlevel.reschedule(task, outcome.Value(self._seq))
 
     def _spawn_runner(self, barrier: int) -> None:
         assert self._nursery is not None
@@ -919,9 +925,7 @@ class Batcher(Generic[K, I, O]):
             self._start_ready(key, state, after_finish=False)
         # Idle runners exit: from now on a runner with nothing to run returns.
         while self._idle_runners:
-            self._pending_runners += 1
-            self._seq += 1
-            trio.lowlevel.reschedule(self._idle_runners.pop(), outcome.Value(self._seq))
+            self._wake_runner(self._idle_runners.pop())
 
     def _stop_timers(self) -> None:
         self._timer_heap.clear()
