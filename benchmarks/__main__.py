@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ._report import render_text, to_json
-from ._suite import SuiteResult, meta, run_once, run_workload
+from ._suite import DEFAULT_SPREAD, SuiteResult, meta, run_once, run_workload
 from ._workloads import IMPLS, Workload, build_workloads
 
 WORKLOAD_IDS = "a,b,c,d,e"
@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spread",
         type=float,
-        default=0.05,
-        help="standard error wanted on every ratio, relative (default 0.05)",
+        default=DEFAULT_SPREAD,
+        help=f"standard error wanted on every ratio, relative (default {DEFAULT_SPREAD})",
     )
     parser.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
     parser.add_argument(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._suite import Clock, Row, SuiteResult, WorkloadResult
+from ._suite import DEFAULT_SPREAD, Clock, Row, SuiteResult, WorkloadResult
 
 __all__ = ["Target", "render_text", "retained_block_budget", "targets", "to_json"]
 
@@ -186,7 +186,7 @@ def _repetitions(meta: dict[str, object]) -> str:
     least, most = meta["repeat"], meta.get("max_repeat", meta["repeat"])
     if most == least:
         return f"{least}"
-    spread = meta.get("spread", 0.05)
+    spread = meta.get("spread", DEFAULT_SPREAD)
     assert isinstance(spread, float)
     return f"{least} to {most} (more while a ratio's standard error exceeds {spread:.0%})"
 

@@ -30,6 +30,7 @@ from . import _peers
 from ._workloads import IMPLS, Sample, Workload, run_latency, run_memory, run_throughput
 
 __all__ = [
+    "DEFAULT_SPREAD",
     "Clock",
     "Row",
     "SuiteResult",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+
+#: The standard error wanted on every ratio, relative to it.
+DEFAULT_SPREAD = 0.05
 
 
 def _quiet(_: str) -> None:
@@ -142,7 +146,7 @@ def run_workload(
     impls: Sequence[str] | None = None,
     progress: Progress = _quiet,
     max_repeat: int | None = None,
-    spread: float = 0.05,
+    spread: float = DEFAULT_SPREAD,
     clock: Clock = "wall",
 ) -> WorkloadResult:
     """Warm up, then at least ``repeat`` interleaved repetitions of every contestant.
@@ -217,7 +221,7 @@ def meta(
     warmup: int,
     clock: Clock = "wall",
     max_repeat: int | None = None,
-    spread: float = 0.05,
+    spread: float = DEFAULT_SPREAD,
 ) -> dict[str, object]:
     """Where and how the suite ran."""
     import os

@@ -207,7 +207,6 @@ class Batcher(Generic[K, I, O]):
         "_ready",
         "_runner_name",
         "_seq",
-        "_starts_on_fill_only",
         "_timer_heap",
         "_timer_scope",
         "_timer_seq",
@@ -265,8 +264,6 @@ class Batcher(Generic[K, I, O]):
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
         self._uses_timer = False
-        # Whether an arrival can make a batch ready only by filling it.
-        self._starts_on_fill_only = policy._fill_only_on_arrival
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
             self._uses_timer = (
@@ -398,7 +395,7 @@ class Batcher(Generic[K, I, O]):
             # item's batch changed: if it is not the oldest, nothing can start.
             # Under Size and Duration, only an arrival that fills it can.
             if (
-                (batch.filled or not self._starts_on_fill_only)
+                (batch.filled or not self._policy._fill_only_on_arrival)
                 and state.started < self._limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
