@@ -58,7 +58,6 @@ class KeyStateMachine(RuleBasedStateMachine):
         self.running: list[KeyBatch] = []
         self.submitted: list[Item] = []
         self.withdrawn: set[Item] = set()
-        self.abandoned: set[Item] = set()
         self.processed: list[list[Item]] = []
         # Overflow.WAIT: items that waited for room, in the order they arrived.
         self.waited: list[Item] = []
@@ -116,9 +115,9 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def admit(self) -> None:
         """What the batcher does after every change that can make room."""
-        for tag, batch in self.state.admit(self.policy, self.limits):
-            self.admitted.append(tag)
-            self.after_add(tag, batch)
+        for waiter, batch in self.state.admit(self.policy, self.limits):
+            self.admitted.append(waiter)
+            self.after_add(waiter, batch)
 
     def after_add(self, item: Item, batch: KeyBatch) -> None:
         self.submitted.append(item)
@@ -144,7 +143,7 @@ class KeyStateMachine(RuleBasedStateMachine):
         item = next(self.ids)
         if self.state.overflow:
             # Waiters for room are ahead: a newcomer joins the end of that line.
-            self.state.overflow.append((item, item, None, item))
+            self.state.overflow.append((item, item))
             self.waited.append(item)
             return
         queue_before = self.queue()
@@ -160,7 +159,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
-                self.state.overflow.append((item, item, None, item))
+                self.state.overflow.append((item, item))
                 self.waited.append(item)
             return
         if newest is None or newest_full:
@@ -191,9 +190,10 @@ class KeyStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.state.overflow))
     @rule(data=st.data())
     def cancel_waiter(self, data: st.DataObject) -> None:
-        entry = data.draw(st.sampled_from(list(self.state.overflow)))
-        self.state.overflow.remove(entry)
-        self.waited.remove(entry[0])
+        item, waiter = data.draw(st.sampled_from(list(self.state.overflow)))
+        self.state.leave_overflow(waiter)
+        assert all(queued is not waiter for _, queued in self.state.overflow)
+        self.waited.remove(item)
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
@@ -231,17 +231,6 @@ class KeyStateMachine(RuleBasedStateMachine):
                 assert batch not in self.running
         self.admit()
         self.run_policy()
-
-    @precondition(lambda self: any(b.state == PROCESSING and any(b.waiters) for b in self.batches))
-    @rule(data=st.data())
-    def abandon(self, data: st.DataObject) -> None:
-        batch = data.draw(
-            st.sampled_from([b for b in self.batches if b.state == PROCESSING and any(b.waiters)])
-        )
-        waiter = data.draw(st.sampled_from([w for w in batch.waiters if w is not None]))
-        self.state.abandon(batch, waiter)
-        self.abandoned.add(waiter)
-        assert len(batch.waiters) == len(batch.inputs)
 
     @precondition(lambda self: not self.draining)
     @rule()

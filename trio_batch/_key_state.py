@@ -11,7 +11,7 @@ Shape of a key::
     waiting:  deque of batches that have not started      (oldest first)
     starting: list of batches started but not processing  (oldest first)
     started:  number of started batches (starting + processing)
-    overflow: deque of (item, waiter, meta, tag) that found no room, with
+    overflow: deque of (item, waiter) that found no room, with
               Overflow.WAIT (oldest first)
 
 The spec's *queue* is ``starting + waiting``: a batch leaves it when its
@@ -29,17 +29,23 @@ Invariants (checked by the state machine):
   (:meth:`KeyState.admit` is called after every change that can make room)
 * a key whose queue and overflow are empty and whose ``started`` is 0 is
   *idle* and must be forgotten by its owner at once (``is_idle``).
+
+Waiters are whatever the owner uses to stand for a parked caller, and are
+always found by identity, never by ``==``: items (and so anything that
+compares them) may have any equality, such as numpy's elementwise one.
+
+A :class:`Batch` holds queue facts only (inputs, waiters, life-cycle state and
+the readiness facts a policy reads). What only the batcher needs while a batch
+runs (its cancel scope, its timer, the ids and times observers see) lives in
+the batcher's own records.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._policies import Limits, Policy, rejects_when_full
-
-if TYPE_CHECKING:
-    import trio
 
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
@@ -55,31 +61,15 @@ DONE = 3  # finished, failed, or dropped; out of the queue
 class Batch(Generic[I, W]):
     """A group of items of one key that will be passed to one ``process`` call.
 
-    ``inputs[i]`` was submitted by the caller parked as ``waiters[i]``. Once the
-    batch is processing, a waiter that gave up is replaced by ``None`` so that
-    the output positions stay aligned with ``inputs``.
+    ``inputs[i]`` was submitted by the caller parked as ``waiters[i]``; the two
+    lists stay aligned (a withdrawal removes from both).
     """
 
-    __slots__ = (
-        "deadline",
-        "early",
-        "expired",
-        "filled",
-        "ident",
-        "inputs",
-        "meta",
-        "processing_at",
-        "reason",
-        "scope",
-        "started_at",
-        "state",
-        "timer",
-        "waiters",
-    )
+    __slots__ = ("deadline", "early", "expired", "filled", "inputs", "state", "waiters")
 
     def __init__(self) -> None:
         self.inputs: list[I] = []
-        self.waiters: list[W | None] = []
+        self.waiters: list[W] = []
         self.state = WAITING
         #: Has held ``max_batch_size`` items at some point (sticky).
         self.filled = False
@@ -87,19 +77,8 @@ class Batch(Generic[I, W]):
         self.expired = False
         #: When its Duration timer fires (set by the batcher; inf without one).
         self.deadline = float("inf")
-        #: The batcher's live timer entry for this batch, if any.
-        self.timer: list[Any] | None = None
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
-        #: The cancel scope around its acquisition, set by the batcher meanwhile.
-        self.scope: trio.CancelScope | None = None
-        #: Observed batchers only: (item id, submit time) per input, aligned
-        #: with ``inputs`` until processing begins; batch id, start time and reason.
-        self.meta: list[tuple[int, float]] = []
-        self.ident = -1
-        self.started_at = 0.0
-        self.processing_at: float | None = None
-        self.reason: Any = None
 
     @property
     def size(self) -> int:
@@ -120,8 +99,8 @@ class KeyState(Generic[I, W]):
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
-        # (item, waiter, meta, tag): tag is the batcher's own record of the waiter.
-        self.overflow: deque[tuple[I, W, tuple[int, float] | None, Any]] = deque()
+        # (item, waiter) for each caller waiting for room, oldest first.
+        self.overflow: deque[tuple[I, W]] = deque()
 
     # -- queries ---------------------------------------------------------------
 
@@ -145,13 +124,12 @@ class KeyState(Generic[I, W]):
         waiter: W,
         policy: Policy,
         limits: Limits,
-        meta: tuple[int, float] | None = None,
     ) -> Batch[I, W] | None:
         """Put ``item`` in the newest queued batch, or a new one; ``None`` means no room.
 
         A new batch is appended to ``waiting`` (the caller must then give it a
         timer if the policy has one, and call :meth:`start_ready`). When there
-        is no room nothing changes. ``meta`` is kept aligned with the inputs.
+        is no room nothing changes.
         """
         if self.waiting:
             newest: Batch[I, W] | None = self.waiting[-1]
@@ -168,8 +146,6 @@ class KeyState(Generic[I, W]):
             self.waiting.append(newest)
         newest.inputs.append(item)
         newest.waiters.append(waiter)
-        if meta is not None:
-            newest.meta.append(meta)
         if len(newest.inputs) >= limits.max_batch_size:
             newest.filled = True
         return newest
@@ -216,7 +192,7 @@ class KeyState(Generic[I, W]):
         batch.state = PROCESSING
         return True
 
-    def finish(self, batch: Batch[I, W]) -> list[W | None]:
+    def finish(self, batch: Batch[I, W]) -> list[W]:
         """A started batch is ending: free its slot, return waiters still owed an outcome.
 
         If the batch never began processing (acquire failed, or teardown), it
@@ -235,11 +211,9 @@ class KeyState(Generic[I, W]):
         out of the queue (a started batch's slot stays taken until the runner
         that takes it ends it with :meth:`finish`).
         """
-        index = batch.waiters.index(waiter)
+        index = _index_of(batch.waiters, waiter)
         del batch.waiters[index]
         del batch.inputs[index]
-        if batch.meta:
-            del batch.meta[index]
         if batch.inputs:
             return False
         if batch.state == WAITING:
@@ -251,25 +225,37 @@ class KeyState(Generic[I, W]):
         batch.state = DONE
         return True
 
-    def abandon(self, batch: Batch[I, W], waiter: W) -> None:
-        """A waiter of a processing batch gave up; its output will be discarded."""
-        batch.waiters[batch.waiters.index(waiter)] = None
-
     # -- waiting for room (Overflow.WAIT) ----------------------------------------
 
-    def admit(self, policy: Policy, limits: Limits) -> list[tuple[Any, Batch[I, W]]]:
+    def admit(self, policy: Policy, limits: Limits) -> list[tuple[W, Batch[I, W]]]:
         """Move overflow waiters into batches, oldest first, while there is room.
 
-        Returns ``(tag, batch)`` for each admitted waiter. Stops at the first
+        Returns ``(waiter, batch)`` for each admitted waiter. Stops at the first
         that still finds no room, so waiters are admitted in FIFO order.
         """
-        admitted: list[tuple[Any, Batch[I, W]]] = []
+        admitted: list[tuple[W, Batch[I, W]]] = []
         overflow = self.overflow
         while overflow:
-            item, waiter, meta, tag = overflow[0]
-            batch = self.add(item, waiter, policy, limits, meta)
+            item, waiter = overflow[0]
+            batch = self.add(item, waiter, policy, limits)
             if batch is None:
                 break
             overflow.popleft()
-            admitted.append((tag, batch))
+            admitted.append((waiter, batch))
         return admitted
+
+    def leave_overflow(self, waiter: W) -> None:
+        """Remove a waiter that gave up while waiting for room."""
+        for index, (_, queued) in enumerate(self.overflow):
+            if queued is waiter:
+                del self.overflow[index]
+                return
+        raise ValueError("not waiting for room")
+
+
+def _index_of(waiters: list[W], waiter: W) -> int:
+    """Position of ``waiter`` by identity (``list.index`` would compare with ``==``)."""
+    for index, candidate in enumerate(waiters):
+        if candidate is waiter:
+            return index
+    raise ValueError("not a waiter of this batch")
