@@ -83,7 +83,7 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def run_policy(self, *, after_finish: bool = False) -> None:
         started_before = self.state.started
-        started = self.state.start_ready(
+        started = self.state.start_allowed(
             self.policy, self.limits, after_finish=after_finish, draining=self.draining
         )
         for n, batch in enumerate(started):

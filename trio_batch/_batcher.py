@@ -443,7 +443,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 and state.started < self._limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
-                self._start_ready(key, state, after_finish=False)
+                self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     async def _wait_for_room_in(
@@ -495,7 +495,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             # ready: readiness never depends on a batch shrinking.)
             if state.overflow:
                 self._admit(key, state)
-            self._start_ready(key, state, after_finish=False)
+            self._start_batches(key, state, after_finish=False)
             self._forget_if_idle(key, state)
         elif state.overflow:
             self._admit(key, state)  # the batch has room again
@@ -515,7 +515,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             if batch.state == WAITING:
                 if self._timers is not None:
                     self._set_timer(key, state, batch, waiter.deadline)
-                self._start_ready(key, state, after_finish=False)
+                self._start_batches(key, state, after_finish=False)
 
     def _forget_if_idle(self, key: K, state: KeyState[I, _Waiter]) -> None:
         if state.is_idle() and self._keys.get(key) is state:
@@ -535,13 +535,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             return math.inf
         return trio.current_effective_deadline() - margin - (self._batch_seconds or 0.0)
 
-    def _start_ready(self, key: K, state: KeyState[I, _Waiter], *, after_finish: bool) -> None:
+    def _start_batches(self, key: K, state: KeyState[I, _Waiter], *, after_finish: bool) -> None:
         """Start every batch of ``key`` that may start now, and hand it to a runner."""
         phase = self._phase
         if phase is _Phase.TORN_DOWN or phase is _Phase.CLOSED:
             return
         started_before = state.started
-        started = state.start_ready(
+        started = state.start_allowed(
             self._policy,
             self._limits,
             after_finish=after_finish,
@@ -593,7 +593,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         batch.expired = True
         key, state = target
         if state.started < self._limits.max_key_concurrency:
-            self._start_ready(key, state, after_finish=False)
+            self._start_batches(key, state, after_finish=False)
 
     # -- running a batch -------------------------------------------------------
 
@@ -730,7 +730,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if state.overflow:
             self._admit(key, state)
         if not unwinding and state.waiting:
-            self._start_ready(key, state, after_finish=True)
+            self._start_batches(key, state, after_finish=True)
         self._forget_if_idle(key, state)
 
     # -- observation -------------------------------------------------------------
@@ -811,7 +811,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if self._timers is not None:
             self._timers.stop()
         for key, state in list(self._keys.items()):
-            self._start_ready(key, state, after_finish=False)
+            self._start_batches(key, state, after_finish=False)
         # From now on a runner with nothing to run exits.
         self._runners.exit_when_idle()
 

@@ -128,7 +128,7 @@ class KeyState(Generic[I, W]):
         """Put ``item`` in the newest queued batch, or a new one; ``None`` means no room.
 
         A new batch is appended to ``waiting`` (the caller must then give it a
-        timer if the policy has one, and call :meth:`start_ready`). When there
+        timer if the policy has one, and call :meth:`start_allowed`). When there
         is no room nothing changes.
         """
         if self.waiting:
@@ -150,7 +150,7 @@ class KeyState(Generic[I, W]):
             newest.filled = True
         return newest
 
-    def start_ready(
+    def start_allowed(
         self,
         policy: Policy,
         limits: Limits,

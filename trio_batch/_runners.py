@@ -68,10 +68,10 @@ class RunnerPool:
         "_driving",
         "_exit_when_idle",
         "_idle",
+        "_jobs",
         "_name",
         "_nursery",
         "_pending",
-        "_ready",
         "_sequence",
         "_stopped",
     )
@@ -82,14 +82,14 @@ class RunnerPool:
         self._name = name
         # Jobs no runner has taken yet, oldest first, each with the sequence
         # number of its put (0: put from inside a runner's own step).
-        self._ready: deque[tuple[Job, int]] = deque()
+        self._jobs: deque[tuple[Job, int]] = deque()
         # Orders puts by other tasks against runners' barriers.
         self._sequence = 0
         # Runner tasks parked with nothing to run (most recently parked last).
         self._idle: list[trio.lowlevel.Task] = []
-        # Runners woken or spawned that have not yet looked at ``_ready``.
+        # Runners woken or spawned that have not yet looked at ``_jobs``.
         self._pending = 0
-        # A runner is inside a step of a job: it will look at ``_ready`` before
+        # A runner is inside a step of a job: it will look at ``_jobs`` before
         # that step ends, so nobody needs waking.
         self._driving = False
         # Runners with nothing to run exit instead of parking.
@@ -99,15 +99,15 @@ class RunnerPool:
 
     def __len__(self) -> int:
         """Jobs put and not yet taken by a runner."""
-        return len(self._ready)
+        return len(self._jobs)
 
     @property
     def idle_runners(self) -> int:
         """Runner tasks parked with nothing to run."""
         return len(self._idle)
 
-    def put(self, jobs: Iterable[Job]) -> None:
-        """Queue ``jobs`` (in order) and see that a runner will take them.
+    def put(self, new: Iterable[Job]) -> None:
+        """Queue ``new`` jobs (in order) and see that a runner will take them.
 
         Put from a task that is not a runner, they are not begun before the
         next scheduling round.
@@ -117,9 +117,9 @@ class RunnerPool:
         else:
             self._sequence += 1
             sequence = self._sequence
-        ready = self._ready
-        for job in jobs:
-            ready.append((job, sequence))
+        jobs = self._jobs
+        for job in new:
+            jobs.append((job, sequence))
         if not self._pending and not self._driving:
             self._add_runner()
 
@@ -135,14 +135,14 @@ class RunnerPool:
 
     def untaken(self) -> list[Job]:
         """Remove and return the jobs no runner took (after the nursery is gone)."""
-        jobs = [job for job, _ in self._ready]
-        self._ready.clear()
+        jobs = [job for job, _ in self._jobs]
+        self._jobs.clear()
         return jobs
 
     # -- runners ---------------------------------------------------------------
 
     def _add_runner(self) -> None:
-        """Wake an idle runner, or spawn one, to take what is in ``_ready``."""
+        """Wake an idle runner, or spawn one, to take what is in ``_jobs``."""
         if self._idle:
             self._wake(self._idle.pop())
         else:
@@ -162,7 +162,7 @@ class RunnerPool:
 
     async def _runner(self, barrier: int) -> None:
         """Run jobs one after another; park when there are none (see the module doc)."""
-        ready = self._ready
+        jobs = self._jobs
         idle = self._idle
         task = trio.lowlevel.current_task()
 
@@ -172,8 +172,8 @@ class RunnerPool:
 
         while True:
             self._pending -= 1
-            while ready:
-                job, sequence = ready[0]
+            while jobs:
+                job, sequence = jobs[0]
                 if sequence > barrier:
                     # Put in this round, perhaps: look again in the next one,
                     # counted as pending meanwhile.
@@ -183,7 +183,7 @@ class RunnerPool:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     self._pending -= 1
                     continue
-                ready.popleft()
+                jobs.popleft()
                 await self._drive(job.run())
                 # Keep nothing of a job while this runner is idle.
                 job = None  # type: ignore[assignment]
@@ -197,7 +197,7 @@ class RunnerPool:
         """Run one job's coroutine in this runner's task, in a context of its own.
 
         Each step runs in a fresh copy of the pool's context, as if the job had
-        a task of its own. Every time the job blocks, jobs still in ``_ready``
+        a task of its own. Every time the job blocks, jobs still in ``_jobs``
         are handed to other runners. (``yield from`` cannot be used: every
         step must run inside ``Context.run``.)
         """
@@ -214,9 +214,9 @@ class RunnerPool:
             finally:
                 self._driving = False
                 error = None  # no cycle through this frame's traceback
-            ready = self._ready
-            if ready and self._pending < len(ready) and not self._stopped:
-                for _ in range(len(ready) - self._pending):
+            jobs = self._jobs
+            if jobs and self._pending < len(jobs) and not self._stopped:
+                for _ in range(len(jobs) - self._pending):
                     self._add_runner()
             try:
                 value = yield trap
