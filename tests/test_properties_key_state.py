@@ -297,6 +297,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert not oldest.expired
             assert policy.on_full is tb.OnFull.REJECT or id(oldest) not in self.been_full
         else:
+            assert isinstance(policy, tb.Balanced)
             assert state.started > 0
             assert oldest.size < policy.min_size_hint
 

@@ -258,7 +258,7 @@ def test_every_builtin_scenario_loads_and_is_described() -> None:
         scenario = load_scenario(name)
         assert scenario.name == name
         assert description == scenario.description != ""
-    assert len(load_scenario("default").policies) == 4
+    assert len(load_scenario("default").policies) == 5
 
 
 def test_load_from_a_file_with_overrides(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
 
 import trio
 
+from ._adaptive import AdaptiveEstimates, KeyLearning
 from ._errors import (
     BatcherClosed,
     BatchError,
@@ -92,6 +93,7 @@ from ._outcomes import (
 )
 from ._policies import (
     POLICY_TYPES,
+    Adaptive,
     Duration,
     Immediate,
     Limits,
@@ -259,6 +261,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "__weakref__",
         "_acquire",
         "_acquiring",
+        "_adaptive",
         "_batch_seconds",
         "_context",
         "_deadline_margin",
@@ -312,6 +315,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
         self._timers: Timers[Batch[I, _Waiter], tuple[K, KeyState[I, _Waiter]]] | None = None
+        # Adaptive: keys learn, and a held batch starts from a timer.
+        self._adaptive = isinstance(policy, Adaptive)
+        if self._adaptive:
+            self._timers = Timers(self._timer_expired)
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
             if policy.delay_seconds != math.inf or policy.deadline_margin is not None:
@@ -343,6 +350,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             processing_batches=sum(state.started for state in states),
             waiting_submits=sum(len(state.overflow) for state in states),
         )
+
+    def estimates(self, key: K) -> AdaptiveEstimates | None:
+        """What an :class:`~trio_batch.Adaptive` batcher has learned about ``key``.
+
+        Returns ``None`` if the policy is not ``Adaptive`` or the key is not
+        active (a key's estimates are forgotten with the key, when it has
+        nothing queued or started).
+        """
+        state = self._keys.get(key)
+        if state is None or state.learned is None:
+            return None
+        return state.learned.snapshot()
 
     def __repr__(self) -> str:
         phase = self._phase
@@ -407,7 +426,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
         if state is None:
-            state = keys[key] = KeyState()
+            state = keys[key] = KeyState(KeyLearning() if self._adaptive else None)
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
         # Waiters for room are ahead of this item (FIFO): it may not jump them.
@@ -432,8 +451,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             waiter.item_id = new_id()
             waiter.accepted_at = now = trio.current_time()
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
+        if self._adaptive:
+            self._arrived(state, batch, trio.current_effective_deadline())
         if batch.state == WAITING:
-            if self._timers is not None:
+            if self._timers is not None and not self._adaptive:
                 self._set_timer(key, state, batch, self._caller_deadline())
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
@@ -512,8 +533,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 event = ItemAccepted(self._name, key, waiter.item_id, now)
                 assert waiter.context is not None
                 waiter.context.run(dispatch.emit, "item_accepted", event)
+            if self._adaptive:
+                self._arrived(state, batch, waiter.deadline)
             if batch.state == WAITING:
-                if self._timers is not None:
+                if self._timers is not None and not self._adaptive:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
 
@@ -530,6 +553,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         batcher's moving average of batch durations; ``inf`` if deadlines
         are ignored.
         """
+        if self._adaptive:
+            return trio.current_effective_deadline()
         margin = self._deadline_margin
         if margin is None:
             return math.inf
@@ -541,12 +566,16 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if phase is _Phase.TORN_DOWN or phase is _Phase.CLOSED:
             return
         started_before = state.started
+        now = trio.current_time() if self._adaptive else 0.0
         started = state.start_allowed(
             self._policy,
             self._limits,
             after_finish=after_finish,
             draining=phase is _Phase.DRAINING,
+            now=now,
         )
+        if self._adaptive and phase is _Phase.OPEN:
+            self._hold(key, state)
         if not started:
             return
         runs = [_Run(self, key, state, batch) for batch in started]
@@ -557,6 +586,30 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             for index, run in enumerate(runs):
                 self._note_start(run, started_before + index, after_finish and not index)
         self._runners.put(runs)
+
+    # -- Adaptive ------------------------------------------------------------------
+
+    def _arrived(
+        self, state: KeyState[I, _Waiter], batch: Batch[I, _Waiter], deadline: float
+    ) -> None:
+        """An item of an ``Adaptive`` batcher joined ``batch``: learn and note its facts."""
+        assert state.learned is not None
+        now = trio.current_time()
+        state.learned.arrivals.arrived(now)
+        if len(batch.inputs) == 1:
+            batch.opened_at = now
+        if deadline < batch.caller_deadline:
+            batch.caller_deadline = deadline
+
+    def _hold(self, key: K, state: KeyState[I, _Waiter]) -> None:
+        """The decision holds the oldest waiting batch back: its timer starts it later."""
+        assert self._timers is not None
+        if not state.waiting or state.started >= self._limits.max_key_concurrency:
+            return
+        # start_allowed stopped at this batch with a slot free: its decision
+        # said "later", and set its deadline to when.
+        head = state.waiting[0]
+        self._timers.set(head, head.deadline, (key, state))
 
     # -- Duration timers ---------------------------------------------------------
 
@@ -592,6 +645,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """A batch's timer fired (it is still waiting: started batches have none)."""
         batch.expired = True
         key, state = target
+        if state.learned is not None:
+            batch.reason = state.learned.timer_reason
         if state.started < self._limits.max_key_concurrency:
             self._start_batches(key, state, after_finish=False)
 
@@ -707,6 +762,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         ``Dispatch`` guards, after every caller has its outcome.
         """
         key, state, batch = run.key, run.state, run.batch
+        if state.learned is not None:
+            state.learned.finished(batch, trio.current_time(), timed=type(result) is list)
         waiters = state.finish(batch)
         if result is None:
             # Cancelled by teardown, or crashed with a BaseException (or dropped,
@@ -937,7 +994,7 @@ def open_batcher(
             ``process`` returns or fails (seeing its exception, so a transaction
             can roll back); the value it yields is passed as ``resource``.
         policy: when batches start: :class:`Immediate` (default), :class:`Size`,
-            :class:`Duration` or :class:`Balanced`.
+            :class:`Duration`, :class:`Balanced` or :class:`Adaptive`.
         limits: a :class:`Limits` value.
         name: used in logs, error messages, metrics and ``repr``.
         observers: objects implementing any of the :class:`Observer` hooks
@@ -972,7 +1029,8 @@ def open_batcher(
         )
     if not isinstance(policy, POLICY_TYPES):
         raise TypeError(
-            f"policy must be Immediate(), Size(), Duration(...) or Balanced(...), got {policy!r}"
+            "policy must be Immediate(), Size(), Duration(...), Balanced(...) or "
+            f"Adaptive(...), got {policy!r}"
         )
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a trio_batch.Limits, got {limits!r}")

@@ -45,7 +45,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Generic, TypeVar
 
-from ._policies import Limits, Policy, rejects_when_full
+from ._adaptive import Decision, KeyLearning, decide
+from ._policies import Adaptive, Limits, Policy, StartReason, rejects_when_full
 
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
@@ -65,7 +66,18 @@ class Batch(Generic[I, W]):
     lists stay aligned (a withdrawal removes from both).
     """
 
-    __slots__ = ("deadline", "early", "expired", "filled", "inputs", "state", "waiters")
+    __slots__ = (
+        "caller_deadline",
+        "deadline",
+        "early",
+        "expired",
+        "filled",
+        "inputs",
+        "opened_at",
+        "reason",
+        "state",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.inputs: list[I] = []
@@ -79,6 +91,11 @@ class Batch(Generic[I, W]):
         self.deadline = float("inf")
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
+        #: Adaptive: when its first item arrived, the tightest caller deadline,
+        #: and why the decision made it ready (None until it did).
+        self.opened_at = 0.0
+        self.caller_deadline = float("inf")
+        self.reason: StartReason | None = None
 
     @property
     def size(self) -> int:
@@ -93,9 +110,11 @@ class Batch(Generic[I, W]):
 class KeyState(Generic[I, W]):
     """The queue and started-batch count of one key."""
 
-    __slots__ = ("overflow", "started", "starting", "waiting")
+    __slots__ = ("learned", "overflow", "started", "starting", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, learned: KeyLearning | None = None) -> None:
+        #: Adaptive: what the key has learned (forgotten with the key).
+        self.learned = learned
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
@@ -157,6 +176,7 @@ class KeyState(Generic[I, W]):
         *,
         after_finish: bool = False,
         draining: bool = False,
+        now: float = 0.0,
     ) -> list[Batch[I, W]]:
         """Start the oldest waiting batches that the policy (or a drain) lets start.
 
@@ -164,6 +184,9 @@ class KeyState(Generic[I, W]):
         must run each one. Stops at the first batch that may not start (FIFO)
         or when ``max_key_concurrency`` batches are started. ``after_finish``
         applies to the first batch only: the one that takes the freed slot.
+        ``now`` is the current time, for ``Adaptive``'s decision: a batch it
+        holds back is left first in ``waiting``, and :meth:`hold_until` says
+        when it should start.
         """
         started_now: list[Batch[I, W]] = []
         waiting = self.waiting
@@ -174,6 +197,7 @@ class KeyState(Generic[I, W]):
             if not (
                 draining
                 or policy._may_start(batch, started=self.started, after_finish=after_finish)
+                or self._decided_now(policy, batch, limits, now)
             ):
                 break
             after_finish = False
@@ -181,8 +205,40 @@ class KeyState(Generic[I, W]):
             batch.state = STARTING
             self.starting.append(batch)
             self.started += 1
+            if self.learned is not None:
+                self.learned.started(batch, now)
             started_now.append(batch)
         return started_now
+
+    def _decided_now(self, policy: Policy, batch: Batch[I, W], limits: Limits, now: float) -> bool:
+        """``Adaptive``: whether its decision starts ``batch`` now (and remember why)."""
+        learned = self.learned
+        if learned is None or not isinstance(policy, Adaptive):
+            return False
+        decision = self.decision(policy, batch, limits, now)
+        if decision.start_at > now:
+            # Held back: the owner sets the batch's timer for this time.
+            batch.deadline = decision.start_at
+            learned.timer_reason = decision.reason
+            return False
+        batch.reason = decision.reason
+        return True
+
+    def decision(
+        self, policy: Adaptive, batch: Batch[I, W], limits: Limits, now: float
+    ) -> Decision:
+        """``Adaptive``'s :class:`~trio_batch._adaptive.Decision` for ``batch``."""
+        learned = self.learned
+        assert learned is not None
+        return decide(
+            policy,
+            batch,
+            learned.snapshot(),
+            now=now,
+            started=self.started,
+            next_end=learned.next_end(),
+            limits=limits,
+        )
 
     def begin_processing(self, batch: Batch[I, W]) -> bool:
         """Take a started batch out of the queue; ``False`` if it was dropped meanwhile."""
