@@ -213,6 +213,7 @@ def policies(max_batch_size: int) -> st.SearchStrategy[tb.Policy]:
             deadline_margin=st.sampled_from([None, 0.0, 0.25]),
         ),
         st.builds(tb.Balanced, st.integers(1, max_batch_size)),
+        st.builds(tb.Adaptive, st.sampled_from([None, 0.05, 1.0])),
     )
 
 
@@ -566,6 +567,16 @@ class Run:
                     f"at t={now}: Immediate left {len(waiting)} items of {key!r} waiting "
                     f"with a slot free"
                 )
+            if isinstance(policy, tb.Adaptive) and policy.target_latency is not None:
+                # The decision never starts a batch later than its first item's
+                # arrival + target_latency (less the expected batch time).
+                oldest = min(waiting, key=lambda c: c.submit_seq or 0)
+                assert oldest.submit_time is not None
+                if not waits_for_room and now > oldest.submit_time + policy.target_latency + EPS:
+                    self.settle_failures.append(
+                        f"at t={now}: {policy} left an item of {key!r} from "
+                        f"t={oldest.submit_time} waiting with a slot free"
+                    )
             if isinstance(policy, tb.Duration):
                 oldest = min(waiting, key=lambda c: c.submit_seq or 0)
                 assert oldest.submit_time is not None
