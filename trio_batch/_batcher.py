@@ -762,9 +762,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         ``Dispatch`` guards, after every caller has its outcome.
         """
         key, state, batch = run.key, run.state, run.batch
-        if state.learned is not None:
-            state.learned.finished(batch, trio.current_time(), timed=type(result) is list)
-        waiters = state.finish(batch)
+        if state.learned is None:
+            waiters = state.finish(batch)
+        else:
+            waiters = state.finish(batch, now=trio.current_time(), timed=type(result) is list)
         if result is None:
             # Cancelled by teardown, or crashed with a BaseException (or dropped,
             # in which case there is nobody left to tell).

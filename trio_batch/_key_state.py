@@ -248,12 +248,16 @@ class KeyState(Generic[I, W]):
         batch.state = PROCESSING
         return True
 
-    def finish(self, batch: Batch[I, W]) -> list[W]:
+    def finish(self, batch: Batch[I, W], *, now: float = 0.0, timed: bool = False) -> list[W]:
         """A started batch is ending: free its slot, return waiters still owed an outcome.
 
         If the batch never began processing (acquire failed, or teardown), it
-        leaves the queue now and all its waiters are returned.
+        leaves the queue now and all its waiters are returned. ``Adaptive``
+        learns how long it took, from its start until ``now``, if ``timed``
+        (``process`` ran and succeeded).
         """
+        if self.learned is not None:
+            self.learned.finished(batch, now, timed=timed)
         if batch.state == STARTING:
             self.starting.remove(batch)
         batch.state = DONE
