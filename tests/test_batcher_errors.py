@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     ALL_POLICIES_SIZE_ONE,
     AnyPolicy,
     MyError,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     ALL_POLICIES,
     AnyPolicy,
     MyError,

@@ -15,7 +15,7 @@ import contextvars
 
 import trio
 import trio.testing
-from conftest import Outcomes, Recorder
+from tutil import Outcomes, Recorder
 
 import trio_batch as tb
 from trio_batch._batcher import _MAX_IDLE_RUNNERS

@@ -16,11 +16,11 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from tutil import MyError, Outcomes, Resources
 
 import trio_batch as tb
 from trio_batch.contrib.opentelemetry import OpenTelemetryObserver

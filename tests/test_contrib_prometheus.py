@@ -11,8 +11,8 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources, submit_in_order
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from tutil import MyError, Outcomes, Resources, submit_in_order
 
 import trio_batch as tb
 from trio_batch.contrib.prometheus import PrometheusObserver

@@ -14,7 +14,7 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources, submit_in_order
+from tutil import MyError, Outcomes, Resources, submit_in_order
 
 import trio_batch as tb
 from trio_batch import BatchOutcome as Outcome, StartReason as Reason

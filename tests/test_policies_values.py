@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import Recorder
+from tutil import Recorder
 
 import trio_batch as tb
 

@@ -33,8 +33,8 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import EXAMPLE_SCALE
 from hypothesis import example, given, settings, strategies as st
+from tutil import EXAMPLE_SCALE
 
 import trio_batch as tb
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 
 import hypothesis.strategies as st
-from conftest import EXAMPLE_SCALE
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -22,6 +21,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from tutil import EXAMPLE_SCALE
 
 import trio_batch as tb
 from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
