@@ -212,7 +212,7 @@ async def test_batch_that_never_started_is_counted_when_torn_down(
     outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
     async with trio.open_nursery() as callers:
-        with pytest.raises(MyError):
+        with pytest.raises(MyError, match=r"^body failed$"):
             async with tb.open_batcher(
                 _slow, name="slow", limits=limits, observers=[PrometheusObserver(registry)]
             ) as batcher:
@@ -353,7 +353,7 @@ def test_track_outside_trio_raises() -> None:
         return batcher
 
     batcher = trio.run(main)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^must be called from async context$"):
         PrometheusObserver(CollectorRegistry()).track(batcher)
 
 
