@@ -15,7 +15,7 @@ import contextvars
 
 import trio
 import trio.testing
-from tutil import Outcomes, Recorder
+from tutil import Outcomes, Recorder, harness
 
 import trio_batch as tb
 from trio_batch._batcher import _MAX_IDLE_RUNNERS
@@ -35,11 +35,10 @@ async def test_batches_that_do_not_block_share_a_runner_but_not_a_context() -> N
         return inputs
 
     keys = [f"k{i}" for i in range(20)]
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for i, key in enumerate(keys):
-            outcomes.spawn(nursery, batcher, key, i)
-    assert outcomes.values == dict(enumerate(range(20)))
+            h.spawn(key, i)
+    assert h.outcomes.values == dict(enumerate(range(20)))
     # Twenty batches started in one tick, none blocked: one task ran them all...
     assert len(tasks) == 1
     # ...yet none saw what another batch set in its context.
@@ -51,14 +50,13 @@ async def test_a_blocking_batch_does_not_hold_up_the_batches_started_with_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for i in range(50):
-            outcomes.spawn(nursery, batcher, f"k{i}", i)
+            h.spawn(f"k{i}", i)
     # All fifty began at 0 and ran side by side, though they started in one tick.
-    assert len(outcomes.values) == 50
+    assert len(h.outcomes.values) == 50
     assert {start for _, _, start in process.calls} == {0.0}
-    assert set(outcomes.times.values()) == {1.0}
+    assert set(h.outcomes.times.values()) == {1.0}
     assert process.max_running_total == 50
 
 
@@ -83,15 +81,14 @@ async def test_when_a_batch_blocks_the_others_are_handed_over_at_once(
         await trio.sleep(1)
         return inputs
 
-    outcomes = Outcomes()
     trio.lowlevel.add_instrument(ticks)
     try:
-        async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+        async with harness(process) as h:
             for i in range(20):
-                outcomes.spawn(nursery, batcher, f"k{i}", i)
+                h.spawn(f"k{i}", i)
     finally:
         trio.lowlevel.remove_instrument(ticks)
-    assert len(outcomes.values) == 20
+    assert len(h.outcomes.values) == 20
     # The first batch's runner sees it block and wakes a runner for each of the
     # other nineteen: they all begin one scheduler tick later, not one after another.
     first, *others = began_at_tick

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
-from tutil import MyError, Outcomes, Resources
+from tutil import MyError, Outcomes, Resources, harness
 
 import trio_batch as tb
 from trio_batch.contrib.opentelemetry import OpenTelemetryObserver
@@ -420,15 +420,11 @@ async def test_a_batch_torn_down_before_it_started_has_no_span_and_is_forgotten(
 
 async def test_without_a_configured_sdk_nothing_is_kept(autojump_clock: trio.abc.Clock) -> None:
     observer = OpenTelemetryObserver()  # the global provider: a no-op unless configured
-    outcomes = Outcomes()
-    async with (
-        trio.open_nursery() as nursery,
-        tb.open_batcher(echo, observers=[observer]) as batcher,
-    ):
-        outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(echo, observers=[observer], callers_outlive_block=True) as h:
+        h.spawn("k", "a")
         await trio.testing.wait_all_tasks_blocked()
         assert observer._callers == {}
-    assert outcomes.values == {"a": "a"}
+    assert h.outcomes.values == {"a": "a"}
     assert_forgotten(observer)
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from tutil import MyError, Outcomes, Resources, submit_in_order
+from tutil import MyError, Outcomes, Resources, harness, submit_in_order
 
 import trio_batch as tb
 from trio_batch.contrib.prometheus import PrometheusObserver
@@ -136,13 +136,9 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
 
 async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(_wrong_count, observers=[PrometheusObserver(registry)]) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
-    assert outcomes.error_types() == {"a": tb.ProcessorContractError}
+    async with harness(_wrong_count, observers=[PrometheusObserver(registry)]) as h:
+        await h.submit_in_order("k", ["a"])
+    assert h.outcomes.error_types() == {"a": tb.ProcessorContractError}
     assert series(registry, "trio_batch_items_total") == {
         ("batcher", "accepted"): 1,
         ("batcher", "contract_error"): 1,
@@ -155,18 +151,14 @@ async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None
 
 async def test_acquire_failure_is_counted_and_timed(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            _with_resource,
-            acquire=Resources(0.5, enter_error=lambda: MyError("no connection")),
-            name="db",
-            observers=[PrometheusObserver(registry)],
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
-    assert outcomes.error_types() == {
+    async with harness(
+        _with_resource,
+        acquire=Resources(0.5, enter_error=lambda: MyError("no connection")),
+        name="db",
+        observers=[PrometheusObserver(registry)],
+    ) as h:
+        await h.submit_in_order("k", ["a", "b"])
+    assert h.outcomes.error_types() == {
         "a": tb.ResourceAcquisitionFailed,
         "b": tb.ResourceAcquisitionFailed,
     }
@@ -295,18 +287,16 @@ async def test_scrape_from_another_thread_reads_in_the_trio_thread(
 ) -> None:
     registry = CollectorRegistry()
     metrics = PrometheusObserver(registry)
-    outcomes = Outcomes()
-    async with (
-        trio.open_nursery() as nursery,
-        tb.open_batcher(process, policy=tb.Size(), name="users", observers=[metrics]) as batcher,
-    ):
-        metrics.track(batcher)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
+    async with harness(
+        process, policy=tb.Size(), name="users", observers=[metrics], callers_outlive_block=True
+    ) as h:
+        metrics.track(h.batcher)
+        await h.submit_in_order("k", ["a", "b"])
         # As a metrics server does: generate the exposition in its own thread.
         lines = (await trio.to_thread.run_sync(generate_latest, registry)).splitlines()
         assert b'trio_batch_queued_items{batcher="users"} 2.0' in lines
         assert b'trio_batch_active_keys{batcher="users"} 1.0' in lines
-    assert outcomes.values == {"a": "A", "b": "B"}
+    assert h.outcomes.values == {"a": "A", "b": "B"}
 
 
 def test_scrape_after_the_run_skips_the_batcher() -> None:
