@@ -12,7 +12,15 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from tutil import MyError, Outcomes, Resources, harness, submit_in_order
+from tutil import (
+    MyError,
+    Outcomes,
+    Resources,
+    harness,
+    never_called_with_resource,
+    returns_too_few,
+    submit_in_order,
+)
 
 import trio_batch as tb
 from trio_batch.contrib.prometheus import PrometheusObserver
@@ -121,22 +129,14 @@ async def test_counters_histograms_and_gauges_of_a_run(autojump_clock: trio.abc.
     }
 
 
-async def _wrong_count(key: str, inputs: list[str]) -> list[str]:
-    return []
-
-
 async def _slow(key: str, inputs: list[str]) -> list[str]:
     await trio.sleep(10)
     return inputs  # pragma: no cover
 
 
-async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str]:
-    return inputs  # pragma: no cover
-
-
 async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
-    async with harness(_wrong_count, observers=[PrometheusObserver(registry)]) as h:
+    async with harness(returns_too_few(), observers=[PrometheusObserver(registry)]) as h:
         await h.submit_in_order("k", ["a"])
     assert h.outcomes.error_types() == {"a": tb.ProcessorContractError}
     assert series(registry, "trio_batch_items_total") == {
@@ -152,7 +152,7 @@ async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None
 async def test_acquire_failure_is_counted_and_timed(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
     async with harness(
-        _with_resource,
+        never_called_with_resource,
         acquire=Resources(0.5, enter_error=lambda: MyError("no connection")),
         name="db",
         observers=[PrometheusObserver(registry)],

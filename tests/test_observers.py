@@ -14,41 +14,19 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from tutil import MyError, Outcomes, Resources, submit_in_order
+from tutil import (
+    Events,
+    MyError,
+    Outcomes,
+    Resources,
+    never_called_with_resource,
+    raises_my_error,
+    returns_too_few,
+    submit_in_order,
+)
 
 import trio_batch as tb
 from trio_batch import BatchOutcome as Outcome, StartReason as Reason
-
-Event = tb.ItemAccepted | tb.ItemRejected | tb.ItemWithdrawn | tb.BatchStarted | tb.BatchFinished
-
-
-class Events:
-    """An observer that records every event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def item_accepted(self, event: tb.ItemAccepted) -> None:
-        self.events.append(event)
-
-    def item_rejected(self, event: tb.ItemRejected) -> None:
-        self.events.append(event)
-
-    def item_withdrawn(self, event: tb.ItemWithdrawn) -> None:
-        self.events.append(event)
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.events.append(event)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [event for event in self.events if type(event) is kind]
-
-    def ids(self) -> list[int]:
-        """Item ids, in order of acceptance."""
-        return [event.item_id for event in self.of(tb.ItemAccepted)]
 
 
 async def sleep_then_echo(key: str, inputs: list[str]) -> list[str]:
@@ -284,22 +262,8 @@ async def test_start_reasons(
     }
 
 
-async def _raises(key: str, inputs: list[str]) -> list[str]:
-    await trio.sleep(0.25)
-    raise MyError("down")
-
-
-async def _wrong_count(key: str, inputs: list[str]) -> list[str]:
-    await trio.sleep(0.25)
-    return []
-
-
 async def _never_returns(key: str, inputs: list[str]) -> list[str]:
     await trio.sleep_forever()
-    raise AssertionError("unreachable")
-
-
-async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str]:
     raise AssertionError("unreachable")
 
 
@@ -315,7 +279,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
             id="ok",
         ),
         pytest.param(
-            lambda events: tb.open_batcher(_raises, observers=[events]),
+            lambda events: tb.open_batcher(raises_my_error(0.25), observers=[events]),
             Outcome.FAILED,
             tb.BatchFailed,
             2,
@@ -323,7 +287,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
             id="failed",
         ),
         pytest.param(
-            lambda events: tb.open_batcher(_wrong_count, observers=[events]),
+            lambda events: tb.open_batcher(returns_too_few(0.25), observers=[events]),
             Outcome.CONTRACT_ERROR,
             tb.ProcessorContractError,
             2,
@@ -332,7 +296,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
         ),
         pytest.param(
             lambda events: tb.open_batcher(
-                _with_resource,
+                never_called_with_resource,
                 acquire=Resources(0.25, enter_error=lambda: MyError("no")),
                 observers=[events],
             ),
@@ -397,7 +361,9 @@ async def test_teardown_cancels_a_processing_batch(autojump_clock: trio.abc.Cloc
 async def test_batch_dropped_by_withdrawal_while_acquiring(autojump_clock: trio.abc.Clock) -> None:
     events = Events()
     outcomes = Outcomes()
-    async with tb.open_batcher(_with_resource, acquire=Resources(1), observers=[events]) as batcher:
+    async with tb.open_batcher(
+        never_called_with_resource, acquire=Resources(1), observers=[events]
+    ) as batcher:
         async with trio.open_nursery() as nursery:
             a = outcomes.spawn(nursery, batcher, "k", "a")
             await trio.sleep(0.5)

@@ -328,8 +328,11 @@ def returns_too_few(delay: float = 0.0) -> Process:
 
 
 async def never_called_with_resource(key: Any, inputs: list[Any], resource: Any) -> list[Any]:
-    """A ``process(key, inputs, resource)`` for tests where ``acquire`` always fails."""
-    raise AssertionError("process ran although acquire failed")
+    """A ``process(key, inputs, resource)`` for tests in which it must never run.
+
+    (``acquire`` fails, or every batch ends before its resource is acquired.)
+    """
+    raise AssertionError("process ran, but the test expects it never to")
 
 
 ObserverEvent: TypeAlias = (
