@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from tutil import (
-    ALL_POLICIES,
-    AnyPolicy,
-    Recorder,
-    harness,
-    rejects_when_full,
-    sleep_until,
-)
+from tutil import ALL_POLICIES, AnyPolicy, Recorder, harness, rejects_when_full, sleep_until
 
 import trio_batch as tb
 

@@ -231,22 +231,18 @@ async def test_caller_cancelled_during_processing_is_abandoned(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
 
     async def process_for_1s(key: str, inputs: list[str]) -> list[str]:
         await trio.sleep(1)
         return inputs
 
-    async with tb.open_batcher(
-        process_for_1s, name="users", observers=[PrometheusObserver(registry)]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")
-            b = outcomes.spawn(nursery, batcher, "k", "b")
-            await trio.sleep(0.5)
-            b.cancel()
-    assert outcomes.values == {"a": "a"}
-    assert outcomes.error_types() == {"b": trio.Cancelled}
+    async with harness(process_for_1s, name="users", observers=[PrometheusObserver(registry)]) as h:
+        h.spawn("k", "a")
+        b = h.spawn("k", "b")
+        await trio.sleep(0.5)
+        b.cancel()
+    assert h.outcomes.values == {"a": "a"}
+    assert h.outcomes.error_types() == {"b": trio.Cancelled}
     assert series(registry, "trio_batch_items_total") == {
         ("users", "accepted"): 2,
         ("users", "ok"): 2,

@@ -16,9 +16,11 @@ import trio
 import trio.testing
 from tutil import (
     Events,
+    Harness,
     MyError,
     Outcomes,
     Resources,
+    harness,
     never_called_with_resource,
     raises_my_error,
     returns_too_few,
@@ -36,21 +38,17 @@ async def sleep_then_echo(key: str, inputs: list[str]) -> list[str]:
 
 async def test_event_contents_of_a_run(autojump_clock: trio.abc.Clock) -> None:
     events = Events()
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=1)
-    async with tb.open_batcher(
-        sleep_then_echo, limits=limits, name="obs", observers=[events]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            # t=0: [a] processing, [b, c] queued, d rejected.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c", "d"])
-            await trio.sleep(0.375)
-            # [b, c] is processing; e queues alone, then withdraws at 0.4375.
-            e = outcomes.spawn(nursery, batcher, "k", "e")
-            await trio.sleep(0.0625)
-            e.cancel()
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
-    assert outcomes.error_types() == {"d": tb.Rejected, "e": trio.Cancelled}
+    async with harness(sleep_then_echo, limits=limits, name="obs", observers=[events]) as h:
+        # t=0: [a] processing, [b, c] queued, d rejected.
+        await h.submit_in_order("k", ["a", "b", "c", "d"])
+        await trio.sleep(0.375)
+        # [b, c] is processing; e queues alone, then withdraws at 0.4375.
+        e = h.spawn("k", "e")
+        await trio.sleep(0.0625)
+        e.cancel()
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    assert h.outcomes.error_types() == {"d": tb.Rejected, "e": trio.Cancelled}
 
     a, b, c, e_id = events.ids()
     first, second = [event.batch_id for event in events.of(tb.BatchStarted)]
@@ -102,26 +100,22 @@ async def test_acquire_time_late_joiners_and_abandoned_callers(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = Events()
-    outcomes = Outcomes()
     resources = Resources(0.5)
 
     async def process(key: str, inputs: list[str], resource: str) -> list[Any]:
         await trio.sleep(1)
         return [outcome.Error(MyError()) if x == "bad" else x for x in inputs]
 
-    async with tb.open_batcher(
-        process, acquire=resources, name="obs", observers=[events]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")  # starts the batch: acquiring
-            await trio.sleep(0.25)
-            outcomes.spawn(nursery, batcher, "k", "bad")  # joins while it acquires
-            await trio.sleep(0.125)
-            c = outcomes.spawn(nursery, batcher, "k", "c")
-            await trio.sleep(0.625)  # processing since 0.5
-            c.cancel()  # abandoned: the batch carries on
-    assert outcomes.values == {"a": "a"}
-    assert outcomes.error_types() == {"bad": tb.ItemFailed, "c": trio.Cancelled}
+    async with harness(process, acquire=resources, name="obs", observers=[events]) as h:
+        h.spawn("k", "a")  # starts the batch: acquiring
+        await trio.sleep(0.25)
+        h.spawn("k", "bad")  # joins while it acquires
+        await trio.sleep(0.125)
+        c = h.spawn("k", "c")
+        await trio.sleep(0.625)  # processing since 0.5
+        c.cancel()  # abandoned: the batch carries on
+    assert h.outcomes.values == {"a": "a"}
+    assert h.outcomes.error_types() == {"bad": tb.ItemFailed, "c": trio.Cancelled}
 
     a, bad, c_id = events.ids()
     [started] = events.of(tb.BatchStarted)
@@ -149,15 +143,13 @@ async def test_a_caller_that_waited_for_room_is_accepted_when_admitted(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = Events()
-    outcomes = Outcomes()
     limits = tb.Limits(
         max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
     )
-    async with tb.open_batcher(sleep_then_echo, limits=limits, observers=[events]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # a processes from 0; b queues; c waits for room until b begins, at 0.25.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    async with harness(sleep_then_echo, limits=limits, observers=[events]) as h:
+        # a processes from 0; b queues; c waits for room until b begins, at 0.25.
+        await h.submit_in_order("k", ["a", "b", "c"])
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
     assert [event.time for event in events.of(tb.ItemAccepted)] == [0.0, 0.0, 0.25]
     assert [(event.time, event.item_ids) for event in events.of(tb.BatchStarted)] == [
         (0.0, (events.ids()[0],)),
@@ -360,14 +352,10 @@ async def test_teardown_cancels_a_processing_batch(autojump_clock: trio.abc.Cloc
 
 async def test_batch_dropped_by_withdrawal_while_acquiring(autojump_clock: trio.abc.Clock) -> None:
     events = Events()
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        never_called_with_resource, acquire=Resources(1), observers=[events]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            a = outcomes.spawn(nursery, batcher, "k", "a")
-            await trio.sleep(0.5)
-            a.cancel()
+    async with harness(never_called_with_resource, acquire=Resources(1), observers=[events]) as h:
+        a = h.spawn("k", "a")
+        await trio.sleep(0.5)
+        a.cancel()
     [a_id] = events.ids()
     assert events.of(tb.ItemWithdrawn) == [tb.ItemWithdrawn("batcher", "k", a_id, 0.5, 0.5)]
     [finished] = events.of(tb.BatchFinished)
@@ -560,7 +548,6 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
 async def test_a_caller_admitted_from_overflow_is_accepted_in_its_own_context(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    outcomes = Outcomes()
     callers: dict[str, trio.lowlevel.Task] = {}
     accepted_in: list[trio.lowlevel.Task] = []
 
@@ -571,21 +558,20 @@ async def test_a_caller_admitted_from_overflow_is_accepted_in_its_own_context(
 
     observer = AcceptedIn()
 
-    async def caller(batcher: tb.Batcher[str, str, str], item: str) -> None:
+    async def caller(h: Harness, item: str) -> None:
         _where.set(item)
         callers[item] = trio.lowlevel.current_task()
-        await outcomes.submit(batcher, "k", item)
+        await h.outcomes.submit(h.batcher, "k", item)
 
     limits = tb.Limits(
         max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
     )
-    async with tb.open_batcher(sleep_then_echo, limits=limits, observers=[observer]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # a processes from 0; b queues; c waits for room until b begins, at 0.25.
-            for item in ["a", "b", "c"]:
-                nursery.start_soon(caller, batcher, item)
-                await trio.testing.wait_all_tasks_blocked()
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    async with harness(sleep_then_echo, limits=limits, observers=[observer]) as h:
+        # a processes from 0; b queues; c waits for room until b begins, at 0.25.
+        for item in ["a", "b", "c"]:
+            h.nursery.start_soon(caller, h, item)
+            await trio.testing.wait_all_tasks_blocked()
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
 
     accepted = observer.of(tb.ItemAccepted)
     assert [event.time for event in accepted] == [0.0, 0.0, 0.25]
@@ -609,11 +595,9 @@ async def test_an_observer_subclass_overrides_only_what_it_needs(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     observer = OnlyFinished()
-    outcomes = Outcomes()
-    async with tb.open_batcher(sleep_then_echo, observers=[observer]) as batcher:
-        async with trio.open_nursery() as nursery:
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
-    assert outcomes.values == {"a": "a"}
+    async with harness(sleep_then_echo, observers=[observer]) as h:
+        await h.submit_in_order("k", ["a"])
+    assert h.outcomes.values == {"a": "a"}
     [finished] = observer.finished
     assert (len(finished.item_ids), finished.size, finished.outcome) == (1, 1, Outcome.OK)
     observer.item_accepted(tb.ItemAccepted("b", "k", 0, 0.0))  # inherited: does nothing
@@ -632,13 +616,9 @@ async def test_a_raising_observer_is_logged_and_removed(
 ) -> None:
     raising = Raising()
     healthy = Events()
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        sleep_then_echo, name="obs", observers=[raising, healthy]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
-    assert outcomes.values == {"a": "a", "b": "b"}
+    async with harness(sleep_then_echo, name="obs", observers=[raising, healthy]) as h:
+        await h.submit_in_order("k", ["a", "b"])
+    assert h.outcomes.values == {"a": "a", "b": "b"}
     # Removed after its first failure: it saw one event, and no hook since.
     assert [type(event) for event in raising.events] == [tb.ItemAccepted]
     # The other observer, called after it for that same event, saw everything.
