@@ -15,7 +15,7 @@ import contextvars
 
 import trio
 import trio.testing
-from tutil import Outcomes, Recorder, harness
+from tutil import Events, Outcomes, Recorder, harness
 
 import trio_batch as tb
 from trio_batch._batcher import _MAX_IDLE_RUNNERS
@@ -158,20 +158,6 @@ async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Cl
     assert len(outcomes.values) == burst + 1
 
 
-class _Events(tb.Observer):
-    """Records the keys of started batches, and keys and outcomes of finished ones."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.finished: list[tuple[str, tb.BatchOutcome]] = []
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.started.append(event.key)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.finished.append((event.key, event.outcome))
-
-
 class _Crash(BaseException):
     """Not an Exception: it escapes ``process`` and tears the block down."""
 
@@ -182,7 +168,7 @@ async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
     # Three batches start in one tick and one runner takes the first. Its
     # process crashes without blocking, so that runner dies with the other two
     # batches still waiting for a runner, and no runner will ever take them.
-    events = _Events()
+    events = Events()
     outcomes = Outcomes()
     processed: list[str] = []
 
@@ -206,8 +192,10 @@ async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
     assert sorted(outcomes.errors) == ["x", "y", "z"]
     assert all(type(error) is tb.BatcherClosed for error in outcomes.errors.values())
     # Observers see every batch start and finish, the two untaken ones included.
-    assert sorted(events.started) == ["x", "y", "z"]
-    assert sorted(events.finished) == [(key, tb.BatchOutcome.CANCELLED) for key in "xyz"]
+    assert sorted(event.key for event in events.of(tb.BatchStarted)) == ["x", "y", "z"]
+    assert sorted((event.key, event.outcome) for event in events.of(tb.BatchFinished)) == [
+        (key, tb.BatchOutcome.CANCELLED) for key in "xyz"
+    ]
 
 
 async def test_ending_a_batch_is_protected_from_keyboard_interrupt() -> None:
