@@ -13,7 +13,6 @@ from tutil import (
     Resources,
     harness,
     sleep_until,
-    stats,
 )
 
 import trio_batch as tb
@@ -94,22 +93,21 @@ async def test_acquire_error_is_resource_acquisition_failed(
 
     resources = Resources(delay=0.5, enter_error=make_error)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process.with_resource, acquire=resources) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in ["a", "b", "c"]:
-                outcomes.spawn(nursery, batcher, "k", item)
+    async with harness(process.with_resource, acquire=resources) as h:
+        for item in ["a", "b", "c"]:
+            h.spawn("k", item)
+        await h.wait_for_callers()
         assert process.calls == []
-        assert outcomes.error_types() == dict.fromkeys("abc", tb.ResourceAcquisitionFailed)
+        assert h.outcomes.error_types() == dict.fromkeys("abc", tb.ResourceAcquisitionFailed)
         assert len(raised) == 1
-        assert all(e.__cause__ is raised[0] for e in outcomes.errors.values())
-        assert len({id(e) for e in outcomes.errors.values()}) == 3
-        assert set(outcomes.times.values()) == {0.5}
-        # The batcher carries on.
+        assert all(e.__cause__ is raised[0] for e in h.outcomes.errors.values())
+        assert len({id(e) for e in h.outcomes.errors.values()}) == 3
+        assert set(h.outcomes.times.values()) == {0.5}
+        # The h.batcher carries on.
         resources.enter_error = None
-        assert await batcher.submit("k", "d") == "k:d"
+        assert await h.batcher.submit("k", "d") == "k:d"
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)
     assert process.calls == [("k", ["d"], 1.0)]
 
 
@@ -124,18 +122,17 @@ async def test_error_on_release_after_process_returned_is_batch_failed(
 
     resources = Resources(exit_error=make_error)
     process = ResourceRecorder(resources, delay=1.0)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process.with_resource, acquire=resources) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")
-            outcomes.spawn(nursery, batcher, "k", "b")
-        # The batcher carries on.
+    async with harness(process.with_resource, acquire=resources) as h:
+        h.spawn("k", "a")
+        h.spawn("k", "b")
+        await h.wait_for_callers()
+        # The h.batcher carries on.
         resources.exit_error = None
-        assert await batcher.submit("k", "c") == "k:c"
+        assert await h.batcher.submit("k", "c") == "k:c"
     assert len(process.finished) == 2
-    assert outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
+    assert h.outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
     assert len(raised) == 1
-    assert all(e.__cause__ is raised[0] for e in outcomes.errors.values())
+    assert all(e.__cause__ is raised[0] for e in h.outcomes.errors.values())
 
 
 async def test_acquire_is_released_when_every_item_is_withdrawn(

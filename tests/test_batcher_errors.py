@@ -12,7 +12,6 @@ from tutil import (
     ALL_POLICIES_SIZE_ONE,
     AnyPolicy,
     MyError,
-    Outcomes,
     Recorder,
     Resources,
     harness,
@@ -117,15 +116,14 @@ async def test_wrong_number_of_outputs_is_a_contract_error_for_every_caller(
             return inputs
         return list(range(max(0, len(inputs) + delta)))
 
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                outcomes.spawn(nursery, batcher, "k", item)
-        # The batcher carries on.
-        assert await batcher.submit("ok", 7) == 7
-    assert outcomes.values == {}
-    assert outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
+    async with harness(process) as h:
+        for item in range(3):
+            h.spawn("k", item)
+        await h.wait_for_callers()
+        # The h.batcher carries on.
+        assert await h.batcher.submit("ok", 7) == 7
+    assert h.outcomes.values == {}
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
 
 
 def _gen(inputs: list[int]) -> Any:
@@ -177,15 +175,14 @@ async def test_process_that_is_not_async_is_a_contract_error(
         return inputs
 
     process: Any = sync_process
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                outcomes.spawn(nursery, batcher, "k", item)
+    async with harness(process) as h:
+        for item in range(3):
+            h.spawn("k", item)
+        await h.wait_for_callers()
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
-    assert outcomes.values == {}
-    assert outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
+        assert h.stats() == (0, 0, 0)
+    assert h.outcomes.values == {}
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
 
 
 # --- Rejected ---------------------------------------------------------------

@@ -63,18 +63,15 @@ async def test_idle_key_is_forgotten(
     autojump_clock: trio.testing.MockClock, policy: AnyPolicy
 ) -> None:
     process = Recorder(delay=0.5)
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        process, policy=policy, limits=tb.Limits(max_batch_size=2)
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")
-            outcomes.spawn(nursery, batcher, "k", "b")
-            await trio.testing.wait_all_tasks_blocked()
-            assert stats(batcher)[0] == 1
+    async with harness(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as h:
+        h.spawn("k", "a")
+        h.spawn("k", "b")
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
-    assert outcomes.values == {"a": "k:a", "b": "k:b"}
+        assert h.stats()[0] == 1
+        await h.wait_for_callers()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.stats() == (0, 0, 0)
+    assert h.outcomes.values == {"a": "k:a", "b": "k:b"}
 
 
 async def test_many_distinct_keys_do_not_accumulate(

@@ -145,17 +145,16 @@ async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Cl
         await trio.sleep(1)
         return inputs
 
-    outcomes = Outcomes()
     burst = 3 * _MAX_IDLE_RUNNERS
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for i in range(burst):
-                outcomes.spawn(nursery, batcher, f"k{i}", i)
+    async with harness(process) as h:
+        for i in range(burst):
+            h.spawn(f"k{i}", i)
+        await h.wait_for_callers()
         # The burst needed a runner per batch; once idle, most of them exit.
         assert max(children) == burst
-        await outcomes.submit(batcher, "after", "after")
+        await h.outcomes.submit(h.batcher, "after", "after")
     assert children[-1] == _MAX_IDLE_RUNNERS
-    assert len(outcomes.values) == burst + 1
+    assert len(h.outcomes.values) == burst + 1
 
 
 class _Crash(BaseException):

@@ -444,7 +444,6 @@ async def test_batch_started_runs_in_the_batch_task_and_its_context_reaches_acqu
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = SetsContext()
-    outcomes = Outcomes()
     # (key, batch id seen, task) in acquire and in process.
     acquired: list[tuple[str, int | None, trio.lowlevel.Task]] = []
     processed: list[tuple[str, int | None, trio.lowlevel.Task]] = []
@@ -460,13 +459,13 @@ async def test_batch_started_runs_in_the_batch_task_and_its_context_reaches_acqu
         await trio.sleep(0.25)
         return inputs
 
-    async with tb.open_batcher(process, acquire=acquire, observers=[events]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # Two batches acquiring and processing at the same time.
-            await submit_in_order(nursery, outcomes, batcher, "x", ["a"])
-            await submit_in_order(nursery, outcomes, batcher, "y", ["b"])
+    async with harness(process, acquire=acquire, observers=[events]) as h:
+        # Two batches acquiring and processing at the same time.
+        await h.submit_in_order("x", ["a"])
+        await h.submit_in_order("y", ["b"])
+        await h.wait_for_callers()
         assert _batch_id.get() is None  # nothing leaked into the block's own context
-    assert outcomes.values == {"a": "a", "b": "b"}
+    assert h.outcomes.values == {"a": "a", "b": "b"}
 
     x, y = events.of(tb.BatchStarted)
     assert (x.key, y.key) == ("x", "y")

@@ -244,22 +244,48 @@ class ResourceRecorder(Recorder):
 class Harness:
     """A batcher, a nursery for its callers, and what each caller got.
 
-    Made by :func:`harness`; ``spawn`` and ``submit_in_order`` start callers in
-    ``nursery`` whose outcomes land in ``outcomes``.
+    Made by :func:`harness`. ``spawn`` and ``submit_in_order`` start callers in
+    ``nursery``; each caller's outcome lands in ``outcomes``.
     """
 
     def __init__(self, batcher: AnyBatcher, nursery: trio.Nursery) -> None:
         self.batcher = batcher
         self.nursery = nursery
         self.outcomes = Outcomes()
+        self._pending = 0
+        self._all_done = trio.lowlevel.ParkingLot()
 
     def spawn(self, key: Any, item: Any) -> trio.CancelScope:
         """Start a caller now; return the cancel scope that wraps its ``submit``."""
-        return self.outcomes.spawn(self.nursery, self.batcher, key, item)
+        scope = trio.CancelScope()
+        self._pending += 1
+        self.nursery.start_soon(self._caller, key, item, scope)
+        return scope
+
+    async def _caller(self, key: Any, item: Any, scope: trio.CancelScope) -> None:
+        try:
+            await self.outcomes.submit(self.batcher, key, item, scope)
+        finally:
+            self._pending -= 1
+            if not self._pending:
+                self._all_done.unpark_all()
 
     async def submit_in_order(self, key: Any, items: Sequence[Any]) -> None:
         """Start one caller per item, each parked before the next arrives (a known order)."""
-        await submit_in_order(self.nursery, self.outcomes, self.batcher, key, items)
+        for item in items:
+            self.spawn(key, item)
+            await trio.testing.wait_all_tasks_blocked()
+
+    async def wait_for_callers(self) -> None:
+        """Wait until every caller started so far has its outcome (always a checkpoint).
+
+        What leaving a nursery of the callers would wait for, with the block
+        still open: the test can go on using the batcher.
+        """
+        if not self._pending:
+            await trio.lowlevel.checkpoint()
+        while self._pending:
+            await self._all_done.park()
 
     def stats(self) -> tuple[int, int, int]:
         """``(active_keys, queued_items, processing_batches)`` right now."""
