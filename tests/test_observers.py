@@ -159,35 +159,35 @@ async def test_a_caller_that_waited_for_room_is_accepted_when_admitted(
     assert events.of(tb.ItemRejected) == []
 
 
-async def _start_full(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b"])
+async def _start_full(h: Harness) -> None:
+    await h.submit_in_order("k", ["a", "b"])
 
 
-async def _start_alone(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a"])
+async def _start_alone(h: Harness) -> None:
+    await h.submit_in_order("k", ["a"])
     await trio.sleep(1)
 
 
-async def _start_with_deadline(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
+async def _start_with_deadline(h: Harness) -> None:
     async def caller() -> None:
         with trio.move_on_after(0.375):
-            await batcher.submit("k", "a")
+            await h.batcher.submit("k", "a")
 
-    nursery.start_soon(caller)
+    h.nursery.start_soon(caller)
     await trio.sleep(1)
 
 
-async def _start_on_hint(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
+async def _start_on_hint(h: Harness) -> None:
     # a starts at once (the key is idle); b waits; c brings b's batch to the hint.
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b", "c"])
+    await h.submit_in_order("k", ["a", "b", "c"])
 
 
-async def _start_on_finish(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b"])
+async def _start_on_finish(h: Harness) -> None:
+    await h.submit_in_order("k", ["a", "b"])
 
 
-async def _start_on_drain(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a"])
+async def _start_on_drain(h: Harness) -> None:
+    await h.submit_in_order("k", ["a"])
 
 
 _LIMITS = tb.Limits(max_batch_size=2, max_key_concurrency=1)
@@ -229,7 +229,7 @@ async def test_start_reasons(
     autojump_clock: trio.abc.Clock,
     policy: tb.Policy,
     limits: tb.Limits,
-    scenario: Callable[[tb.Batcher[Any, Any, Any], trio.Nursery], Awaitable[None]],
+    scenario: Callable[[Harness], Awaitable[None]],
     expected: list[tuple[Reason, float, int]],
 ) -> None:
     events = Events()
@@ -238,11 +238,10 @@ async def test_start_reasons(
         await trio.sleep(0.05)
         return inputs
 
-    async with trio.open_nursery() as nursery:
-        async with tb.open_batcher(
-            process, policy=policy, limits=limits, observers=[events]
-        ) as batcher:
-            await scenario(batcher, nursery)
+    async with harness(
+        process, policy=policy, limits=limits, observers=[events], callers_outlive_block=True
+    ) as h:
+        await scenario(h)
     started = events.of(tb.BatchStarted)
     assert [(event.reason, event.time, event.size) for event in started] == expected
     finished = events.of(tb.BatchFinished)
