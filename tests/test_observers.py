@@ -509,7 +509,6 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
     autojump_clock: trio.abc.Clock,
 ) -> None:
     observer = SeesWhere()
-    outcomes = Outcomes()
     seen_by_process: list[tuple[list[str], str]] = []
 
     async def process(key: str, inputs: list[str]) -> list[str]:
@@ -517,20 +516,19 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
         await trio.sleep(0.25)
         return inputs
 
-    async def caller(batcher: tb.Batcher[str, str, str], item: str) -> None:
+    async def caller(h: Harness, item: str) -> None:
         _where.set(f"caller {item}")
-        await outcomes.submit(batcher, "k", item)
+        await h.outcomes.submit(h.batcher, "k", item)
 
     limits = tb.Limits(max_key_concurrency=1)
     _where.set("block")
-    async with tb.open_batcher(process, limits=limits, observers=[observer]) as batcher:
+    async with harness(process, limits=limits, observers=[observer]) as h:
         _where.set("body")  # after entering the block: batch tasks do not see it
-        async with trio.open_nursery() as nursery:
-            # a's batch starts in a's submit; b's in the task of a's batch, as it ends.
-            for item in ["a", "b"]:
-                nursery.start_soon(caller, batcher, item)
-                await trio.testing.wait_all_tasks_blocked()
-    assert outcomes.values == {"a": "a", "b": "b"}
+        # a's batch starts in a's submit; b's in the task of a's batch, as it ends.
+        for item in ["a", "b"]:
+            h.nursery.start_soon(caller, h, item)
+            await trio.testing.wait_all_tasks_blocked()
+    assert h.outcomes.values == {"a": "a", "b": "b"}
 
     assert seen_by_process == [(["a"], "block"), (["b"], "block")]
     assert observer.seen == [
