@@ -310,6 +310,10 @@ async def harness(
     drain). With ``callers_outlive_block=True`` the nursery is outside: leaving
     the harness leaves the block first (a drain with callers still waiting, or a
     teardown if the body raised), then waits for the callers.
+
+    An exception raised out of the body comes out of the harness inside the
+    nursery's ``ExceptionGroup``; tests of what leaving the block by an
+    exception does open the batcher and the callers' nursery themselves.
     """
     kwargs: dict[str, Any] = {
         "acquire": acquire,
