@@ -56,27 +56,23 @@ async def test_counters_histograms_and_gauges_of_a_run(autojump_clock: trio.abc.
     registry = CollectorRegistry()
     metrics = PrometheusObserver(registry)
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=2)
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        process, name="users", limits=limits, observers=[metrics]
-    ) as batcher:
-        metrics.track(batcher)
-        async with trio.open_nursery() as nursery:
-            # t=0: [a] processing; [b, bad] and [d, boom] queued; f rejected.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "bad"])
-            d = outcomes.spawn(nursery, batcher, "k", "d")
-            await trio.testing.wait_all_tasks_blocked()
-            await submit_in_order(nursery, outcomes, batcher, "k", ["boom", "f"])
-            assert gauges(registry) == {
-                "active_keys": 1,
-                "queued_items": 4,
-                "processing_batches": 1,
-                "waiting_submits": 0,
-            }
-            await trio.sleep(0.1)
-            d.cancel()  # withdrawn; [boom] alone runs from 0.5 to 0.75
-    assert outcomes.values == {"a": "A", "b": "B"}
-    assert outcomes.error_types() == {
+    async with harness(process, name="users", limits=limits, observers=[metrics]) as h:
+        metrics.track(h.batcher)
+        # t=0: [a] processing; [b, bad] and [d, boom] queued; f rejected.
+        await h.submit_in_order("k", ["a", "b", "bad"])
+        d = h.spawn("k", "d")
+        await trio.testing.wait_all_tasks_blocked()
+        await h.submit_in_order("k", ["boom", "f"])
+        assert gauges(registry) == {
+            "active_keys": 1,
+            "queued_items": 4,
+            "processing_batches": 1,
+            "waiting_submits": 0,
+        }
+        await trio.sleep(0.1)
+        d.cancel()  # withdrawn; [boom] alone runs from 0.5 to 0.75
+    assert h.outcomes.values == {"a": "A", "b": "B"}
+    assert h.outcomes.error_types() == {
         "bad": tb.ItemFailed,
         "d": trio.Cancelled,
         "boom": tb.BatchFailed,
