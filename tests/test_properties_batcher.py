@@ -33,8 +33,8 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import EXAMPLE_SCALE
 from hypothesis import example, given, settings, strategies as st
+from tutil import EXAMPLE_SCALE, policies
 
 import trio_batch as tb
 
@@ -202,23 +202,12 @@ def operations(draw: st.DrawFn) -> Operation:
     return draw(OPERATION_KINDS[draw(st.sampled_from(WEIGHTED_KINDS))])
 
 
-def policies(max_batch_size: int) -> st.SearchStrategy[tb.Policy]:
-    return st.one_of(
-        st.just(tb.Immediate()),
-        st.just(tb.Size()),
-        st.builds(
-            tb.Duration,
-            delays,
-            st.sampled_from(tb.OnFull),
-            deadline_margin=st.sampled_from([None, 0.0, 0.25]),
-        ),
-        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
-    )
-
-
 # Built once (not per example): generating examples is much of the test's run time.
 MAX_BATCH_SIZES = st.integers(1, 5)
-POLICIES = {size: policies(size) for size in range(1, 6)}
+DEADLINE_MARGINS = st.sampled_from([None, 0.0, 0.25])
+POLICIES = {
+    size: policies(size, delays=delays, deadline_margins=DEADLINE_MARGINS) for size in range(1, 6)
+}
 SCRIPTS = st.lists(operations(), min_size=4, max_size=40)
 
 
