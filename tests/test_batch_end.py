@@ -436,13 +436,14 @@ async def test_an_item_failed_with_an_unprintable_exception_gets_item_failed(
 
     escaped: Exception | None = None
     got: dict[int, object] = {}
+    later: dict[int, object] = {}
     with trio.fail_after(HANG_GUARD):
         try:
             async with tb.open_batcher(
                 process, policy=tb.Size(), limits=tb.Limits(max_batch_size=3)
             ) as batcher:
                 got = await submit_together(batcher, "k", ["x", "y", "z"])
-                assert await batcher.submit("k", "later") == "k:later"
+                later = await submit_together(batcher, "k", ["a", "b", "c"])
         except Exception as exc:
             escaped = exc
     assert escaped is None, f"the block raised {type(escaped).__name__}"
@@ -452,6 +453,7 @@ async def test_an_item_failed_with_an_unprintable_exception_gets_item_failed(
     assert isinstance(failed, tb.ItemFailed), f"caller 1 got {type(failed).__name__}"
     assert failed.__cause__ is error
     assert_unprintable_message(failed, "Unprintable")
+    assert later == {0: "k:a", 1: "k:b", 2: "k:c"}
     assert batcher.statistics() == ZERO_STATS
 
 
