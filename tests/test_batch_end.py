@@ -139,14 +139,15 @@ class LabelIndexed:
 
 
 class LongerLength(list[str]):
-    """A list whose ``len()`` claims one item more than it holds (and iterates over)."""
+    """A list whose ``len()`` claims one item more than it holds (and iterates over):
+    reading the last position is ``IndexError``."""
 
     def __len__(self) -> int:
         return super().__len__() + 1
 
 
-class ShorterIteration:
-    """Reads by position consistently with ``len()``, but iterates over something else."""
+class IterationDisagrees:
+    """Reads by position consistently with ``len()``, but iteration yields one item more."""
 
     def __init__(self, inputs: list[str]) -> None:
         self._rows = [f"row:{x}" for x in inputs]
@@ -194,7 +195,7 @@ class FrameByPosition(FrameByLabel):
 
 
 class RaisesOnRead:
-    """A lazy array-like: reading position 1 raises (positions 0 and on are fine)."""
+    """A lazy array-like: reading position 1 raises (every other position reads fine)."""
 
     def __init__(self, inputs: list[str]) -> None:
         self._inputs = inputs
@@ -283,7 +284,7 @@ async def test_outputs_not_readable_by_position_fail_every_caller_and_the_batche
 @pytest.mark.parametrize(
     ("make_outputs", "expected"),
     [
-        pytest.param(ShorterIteration, ["row:x", "row:y"], id="iteration-disagrees-with-len"),
+        pytest.param(IterationDisagrees, ["row:x", "row:y"], id="iteration-disagrees-with-len"),
         pytest.param(FrameByPosition, ["row:x", "row:y"], id="dataframe-like-rows-by-position"),
         pytest.param(TorchLike, ["tensor-row:x", "tensor-row:y"], id="torch-like"),
         pytest.param(
