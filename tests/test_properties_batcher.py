@@ -1247,9 +1247,44 @@ WAITER_WITH_DEADLINE = Scenario(
 )
 
 
+# Every kind of misbehaving user code at least once, in batches one after another:
+# outputs that are mapping-like, then a numpy array with an item failed by an
+# unprintable exception, then process and acquire raising unprintable exceptions.
+MISBEHAVING_USER_CODE = Scenario(
+    policy=tb.Immediate(),
+    limits=tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=1),
+    use_acquire=True,
+    acquire_delay=0.0,
+    failing_acquire_keys=frozenset({"b"}),
+    process_delay=0.5,
+    script=(
+        ReshapeNextBatch("a", Shape.MAPPING_LIKE),
+        Submit("a", None),
+        Submit("a", None),
+        Sleep(1.0),
+        ReshapeNextBatch("a", Shape.NUMPY),
+        Submit("a", None),
+        FailItem(0, unprintable=True),
+        Submit("a", None),
+        Sleep(1.0),
+        FailNextBatch("a", unprintable=True),
+        Submit("a", None),
+        Submit("b", None),
+        Sleep(1.0),
+    ),
+    settle_after_sleeps=True,
+    final_pause=FinalPause.NONE,
+    ending=Ending.DRAIN,
+    drain_cancel_delay=0.0,
+    late_submit=False,
+    unprintable_acquire_error=True,
+)
+
+
 @settings(max_examples=MAX_EXAMPLES, deadline=None)
 @given(scenario=scenarios())
 @example(scenario=WAITER_WITH_DEADLINE)
+@example(scenario=MISBEHAVING_USER_CODE)
 def test_batcher_properties(scenario: Scenario) -> None:
     """Run one scripted scenario against the real batcher and check, in every example:
 
