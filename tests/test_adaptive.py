@@ -14,7 +14,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import Outcomes, Recorder
+from tutil import Outcomes, Recorder
 
 import trio_batch as tb
 from trio_batch._adaptive import AdaptiveEstimates, Decision, decide
