@@ -116,6 +116,14 @@ def test_last_slot_held_until_the_arrivals_balance_the_wait() -> None:
     assert decision.start_at == pytest.approx(1.015)
 
 
+def test_hold_stops_at_the_first_crossing() -> None:
+    # The running batch just started (ends in 0.06 s, later than this one would).
+    # Holding pays while 100 * min(0.06 - s, 0.05) > 1 + 100 * s: the batch's own
+    # time bounds it until s = 0.04, the running batch's end until s = 0.025.
+    decision = run_decide(Facts(size=1), next_end=1.06)
+    assert decision.start_at == pytest.approx(1.025)
+
+
 def test_last_slot_not_held_when_enough_items_wait() -> None:
     assert run_decide(Facts(size=4), next_end=1.04) == Decision(1.0, Reason.ESTIMATED_OPTIMUM)
 

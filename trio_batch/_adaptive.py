@@ -18,13 +18,14 @@ The rule, in the order it is applied:
    wait for a slot that item would have had if the batch had started now.
    If another slot stays free after this batch starts, that wait is 0, so
    the batch starts now. If this is the last free slot, the next slot frees
-   when the first started batch ends, ``r`` seconds from now (or when this one
-   ends, ``T(n) = a + b * n`` seconds from now, if that is sooner). Holding
-   pays while ``rate * r > n`` items: the batch starts after
-   ``(rate * r - n) / (2 * rate)`` seconds, when the items that have arrived
-   balance the wait of those still to come; if ``T`` is the bound, it holds
-   until it has the ``rate * a / (1 - rate * b)`` items that arrive while it
-   is processed (``ESTIMATED_OPTIMUM``).
+   when the first started batch ends, ``r`` seconds from now, or when this one
+   ends, ``T(n) = a + b * n`` seconds after it starts, whichever is sooner.
+   Holding ``s`` more seconds pays while ``rate * min(r - s, T(n + rate * s))
+   > n + rate * s``, so the batch starts at the first crossing: after
+   ``(rate * r - n) / (2 * rate)`` seconds (the items that have arrived
+   balance the wait of those still to come), or once it holds the
+   ``rate * a / (1 - rate * b)`` items that arrive while one batch is
+   processed, whichever comes first (``ESTIMATED_OPTIMUM``).
 3. Bounds. The batch starts no later than its oldest item's arrival plus
    ``target_latency`` minus ``T(n)`` (``LATENCY_TARGET``), nor later than the
    tightest effective Trio deadline of its callers minus ``T(n)``
@@ -206,17 +207,15 @@ def decide(
     rate = estimates.arrival_rate
     # 2. the optimum
     optimum = now
-    if limits.max_key_concurrency - started <= 1 and rate > 0:
+    if limits.max_key_concurrency - started <= 1 and 0 < rate < math.inf:
+        # Holding s more seconds pays while rate * min(r - s, T(n + rate * s))
+        # > n + rate * s: it stops at the first of the two crossings.
+        b = estimates.per_item_seconds
+        wanted = rate * estimates.per_batch_seconds / (1 - rate * b) if rate * b < 1 else math.inf
+        hold = (min(wanted, limits.max_batch_size) - n) / rate
         remaining = next_end - now
-        if remaining < seconds:
-            hold = (rate * remaining - n) / (2 * rate) if math.isfinite(rate) else 0.0
-        else:
-            b = estimates.per_item_seconds
-            wanted = (
-                rate * estimates.per_batch_seconds / (1 - rate * b) if rate * b < 1 else math.inf
-            )
-            wanted = min(wanted, limits.max_batch_size)
-            hold = (wanted - n) / rate if math.isfinite(rate) else 0.0
+        if remaining < math.inf:
+            hold = min(hold, (rate * remaining - n) / (2 * rate))
         optimum = now + max(hold, 0.0)
     # 3. the bounds
     target = policy.target_latency
