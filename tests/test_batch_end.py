@@ -31,8 +31,8 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -168,13 +168,32 @@ async def run_bad_then_good(
             return make_outputs(inputs)
         return [f"{key}:{x}" for x in inputs]
 
+    return await run_bad_key_then_good_key(process, name="outputs")
+
+
+async def run_bad_key_then_good_key(
+    process: Callable[..., Awaitable[Any]],
+    *,
+    acquire: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+    name: str = "batcher",
+) -> tuple[dict[int, object], dict[int, object], Exception | None, tb.BatcherStatistics]:
+    """Two callers of key ``"bad"`` (``"x"``, ``"y"``), then two of ``"good"``.
+
+    With ``Size`` and ``max_batch_size=2``: one batch per key. Returns what
+    the callers of each batch got, what the block raised, and the statistics
+    after the block.
+    """
     first: dict[int, object] = {}
     later: dict[int, object] = {}
     escaped: Exception | None = None
     with trio.fail_after(HANG_GUARD):
         try:
             async with tb.open_batcher(
-                process, policy=tb.Size(), limits=tb.Limits(max_batch_size=2), name="outputs"
+                process,
+                acquire=acquire,
+                policy=tb.Size(),
+                limits=tb.Limits(max_batch_size=2),
+                name=name,
             ) as batcher:
                 first = await submit_together(batcher, "bad", ["x", "y"])
                 later = await submit_together(batcher, "good", ["x", "y"])
@@ -292,18 +311,7 @@ async def test_process_raising_an_unprintable_exception_gives_batch_failed(
             raise errors[-1]
         return [f"{key}:{x}" for x in inputs]
 
-    escaped: Exception | None = None
-    first: dict[int, object] = {}
-    later: dict[int, object] = {}
-    with trio.fail_after(HANG_GUARD):
-        try:
-            async with tb.open_batcher(
-                process, policy=tb.Size(), limits=tb.Limits(max_batch_size=2)
-            ) as batcher:
-                first = await submit_together(batcher, "bad", ["x", "y"])
-                later = await submit_together(batcher, "good", ["x", "y"])
-        except Exception as exc:
-            escaped = exc
+    first, later, escaped, stats = await run_bad_key_then_good_key(process)
     assert escaped is None, f"the block raised {type(escaped).__name__}"
     assert len(errors) == 1
     assert sorted(first) == [0, 1]
@@ -313,7 +321,7 @@ async def test_process_raising_an_unprintable_exception_gives_batch_failed(
         assert_unprintable_message(got, "UnprintableOSError")
     assert_distinct_errors(list(first.values()))
     assert later == {0: "good:x", 1: "good:y"}
-    assert batcher.statistics() == ZERO_STATS
+    assert stats == ZERO_STATS
 
 
 async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisition_failed(
@@ -331,18 +339,7 @@ async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisiti
     async def process(key: str, inputs: list[str], resource: str) -> list[str]:
         return [f"{resource}:{x}" for x in inputs]
 
-    escaped: Exception | None = None
-    first: dict[int, object] = {}
-    later: dict[int, object] = {}
-    with trio.fail_after(HANG_GUARD):
-        try:
-            async with tb.open_batcher(
-                process, acquire=acquire, policy=tb.Size(), limits=tb.Limits(max_batch_size=2)
-            ) as batcher:
-                first = await submit_together(batcher, "bad", ["x", "y"])
-                later = await submit_together(batcher, "good", ["x", "y"])
-        except Exception as exc:
-            escaped = exc
+    first, later, escaped, stats = await run_bad_key_then_good_key(process, acquire=acquire)
     assert escaped is None, f"the block raised {type(escaped).__name__}"
     assert len(errors) == 1
     assert sorted(first) == [0, 1]
@@ -354,7 +351,7 @@ async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisiti
         assert_unprintable_message(got, "UnprintableOSError")
     assert_distinct_errors(list(first.values()))
     assert later == {0: "resource-good:x", 1: "resource-good:y"}
-    assert batcher.statistics() == ZERO_STATS
+    assert stats == ZERO_STATS
 
 
 # --------------------------------------------------------------------------------------
