@@ -114,6 +114,9 @@ def _optional_float(value: float | None) -> float | None:
     return None if value is None else _to_float(value)
 
 
+#: Samples of the batcher's statistics over the expected arrival span, by default.
+DEFAULT_SAMPLES: Final = 200
+
 # -- the values ----------------------------------------------------------------
 
 #: How keys are drawn.
@@ -378,6 +381,13 @@ class Scenario:
                     f"policies[{index}] ({policy_label(policy)}) needs min_size_hint <= "
                     f"limits.max_batch_size ({self.limits.max_batch_size})"
                 )
+
+    @property
+    def resolved_sample_interval(self) -> float:
+        """``sample_interval``, or its default: 1/200 of :attr:`expected_span`."""
+        if self.sample_interval is not None:
+            return self.sample_interval
+        return self.expected_span / DEFAULT_SAMPLES
 
     @property
     def expected_span(self) -> float:
