@@ -284,7 +284,7 @@ def scenario_to_data(scenario: Scenario) -> dict[str, object]:
         "seed": scenario.seed,
         "items": scenario.items,
         "duration": scenario.duration,
-        "sample_interval": scenario.sample_interval,
+        "sample_interval": scenario.resolved_sample_interval,
         "policies": [policy_label(policy) for policy in scenario.policies],
         "keys": table(scenario.keys),
         "arrivals": table(scenario.arrivals),
