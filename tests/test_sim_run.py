@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import sys
 from collections import Counter
 from typing import Any
@@ -25,7 +26,7 @@ from trio_batch.sim import (
     run_scenario,
 )
 from trio_batch.sim._report import render_json, render_table
-from trio_batch.sim._results import percentile
+from trio_batch.sim._results import percentile, percentiles
 from trio_batch.sim._workload import batch_cost, batch_random
 
 ALL_POLICIES = ("immediate", "size", "duration:0.004", "duration:0.004:reject", "balanced:3")
@@ -88,9 +89,10 @@ def test_every_item_has_exactly_one_outcome() -> None:
 def test_summary_numbers_come_from_the_raw_observations() -> None:
     r = run_scenario(tiny(policies=("duration:0.004",))).results[0]
     latencies = sorted(r.ok_latencies)
-    assert r.latency(50) == latencies[math.ceil(0.5 * len(latencies)) - 1]
-    assert r.latency(99) == latencies[math.ceil(0.99 * len(latencies)) - 1]
-    assert r.max_latency == latencies[-1]
+    assert r.latency(50) == statistics.median(latencies)
+    assert r.latency(99) == statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    assert r.latency(0) == latencies[0]
+    assert r.max_latency == r.latency(100) == latencies[-1]
     assert r.mean_batch_size == sum(r.batch_sizes) / len(r.batch_sizes)
     assert r.fill_ratio == pytest.approx(r.mean_batch_size / 6)
     assert r.throughput == r.ok / r.elapsed
@@ -100,9 +102,9 @@ def test_summary_numbers_come_from_the_raw_observations() -> None:
     assert min(latencies) >= 0.004 * math.exp(-5) > 0
     summary = r.summary()
     assert summary["latency_ms"] == {
-        "p50": round(latencies[len(latencies) // 2 - (len(latencies) % 2 == 0)] * 1000, 6),
+        "p50": round(statistics.median(latencies) * 1000, 6),
         "p90": round(r.latency(90) * 1000, 6),  # type: ignore[operator]
-        "p99": round(latencies[math.ceil(0.99 * len(latencies)) - 1] * 1000, 6),
+        "p99": round(r.latency(99) * 1000, 6),  # type: ignore[operator]
         "max": round(latencies[-1] * 1000, 6),
     }
 
@@ -183,13 +185,29 @@ def test_batch_randomness_depends_on_the_batch_not_on_the_order() -> None:
     assert sum(factors) / len(factors) == pytest.approx(1.0, abs=0.05)
 
 
-def test_percentile_is_nearest_rank() -> None:
-    values = [1.0, 2.0, 3.0, 4.0]
-    assert percentile(values, 50) == 2.0
-    assert percentile(values, 51) == 3.0
-    assert percentile(values, 100) == 4.0
+def test_percentiles_interpolate_linearly_as_numpy_does() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]  # any order
+    assert percentile(values, 50) == 2.5
     assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 10) == pytest.approx(1.3)
+    assert percentile(values, 99) == pytest.approx(3.97)
+    assert percentile([7.0], 99) == 7.0
     assert percentile([], 50) is None
+    table = percentiles([float(v) for v in range(1, 102)])
+    assert table == tuple(float(v) for v in range(1, 102))
+    for bad in (101, -1, 50.5, True):
+        with pytest.raises(ValueError, match=r"^p must be an integer from 0 to 100, got "):
+            percentile(values, bad)  # type: ignore[arg-type]
+
+
+def test_percentiles_match_numpy_linear() -> None:
+    numpy = pytest.importorskip("numpy")
+    rng = random.Random(3)
+    values = [rng.lognormvariate(0, 1) for _ in range(997)]
+    ours = percentiles(values)
+    theirs = numpy.percentile(values, range(101), method="linear")
+    assert list(ours) == pytest.approx(list(theirs), rel=1e-12)
 
 
 def test_a_run_with_no_arrivals_reports_dashes() -> None:
