@@ -219,7 +219,7 @@ def _no_data(axes: Axes) -> None:
 # -- the figures -------------------------------------------------------------------
 
 
-def _latency_cdf(result: SimulationResult, styles: Sequence[_Style], path: Path) -> None:
+def _latency_cdf(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     figure, (axes,) = _new_figure()
     runs = list(zip(result.results, styles, strict=True))
     with_data = [(r, style) for r, style in runs if r.ok]
@@ -271,7 +271,7 @@ def _latency_cdf(result: SimulationResult, styles: Sequence[_Style], path: Path)
     axes.set_ylabel("share of all callers served")
     axes.grid(True, which="major", alpha=0.3)
     _title(figure, result, "Latency CDF; a curve ends (o) at its share of outputs")
-    figure.savefig(path)
+    return figure
 
 
 def _histogram_bins(result: SimulationResult) -> tuple[list[float], float]:
@@ -288,7 +288,7 @@ def _histogram_bins(result: SimulationResult) -> tuple[list[float], float]:
     return edges, edges[-1]
 
 
-def _batch_sizes(result: SimulationResult, styles: Sequence[_Style], path: Path) -> None:
+def _batch_sizes(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     count = len(result.results)
     figure, rows = _new_figure(count, height=1.0 + 1.7 * count, sharey=True)
     edges, right = _histogram_bins(result)
@@ -322,10 +322,10 @@ def _batch_sizes(result: SimulationResult, styles: Sequence[_Style], path: Path)
     limit = max((r.max_batch_size for r in result.results), default=1)
     rows[-1].set_xlabel(f"items per process call (max_batch_size {limit}{bins_note})")
     _title(figure, result, "Batch sizes")
-    figure.savefig(path)
+    return figure
 
 
-def _latency_over_time(result: SimulationResult, styles: Sequence[_Style], path: Path) -> None:
+def _latency_over_time(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     figure, (p50_axes, p99_axes) = _new_figure(2, height=6.4, sharey=True)
     series = [
         (r, style, r.latency_over_time(_WINDOWS))
@@ -361,10 +361,10 @@ def _latency_over_time(result: SimulationResult, styles: Sequence[_Style], path:
     p99_axes.set_title("99th percentile", loc="left")
     p99_axes.set_xlabel(f"arrival time (simulated s, {_WINDOWS} windows)")
     _title(figure, result, "Latency by arrival time (callers that got an output)")
-    figure.savefig(path)
+    return figure
 
 
-def _queued_items(result: SimulationResult, styles: Sequence[_Style], path: Path) -> None:
+def _queued_items(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     figure, (queued, started) = _new_figure(2, height=6.4)
     with_data = [(r, s) for r, s in zip(result.results, styles, strict=True) if r.samples]
     panels: tuple[tuple[Axes, Callable[[PolicyResult], list[int]]], ...] = (
@@ -404,7 +404,7 @@ def _queued_items(result: SimulationResult, styles: Sequence[_Style], path: Path
     started.set_ylabel("started batches" + _scale_note(started))
     started.set_xlabel("simulated time (s); sampled from Batcher.statistics()")
     _title(figure, result, "Batcher statistics over time")
-    figure.savefig(path)
+    return figure
 
 
 def write_plots(result: SimulationResult, directory: str | os.PathLike[str]) -> list[Path]:
@@ -425,6 +425,6 @@ def write_plots(result: SimulationResult, directory: str | os.PathLike[str]) -> 
     paths = []
     for name, draw in zip(PLOT_FILES, drawers, strict=True):
         path = folder / name
-        draw(result, styles, path)
+        draw(result, styles).savefig(path)
         paths.append(path)
     return paths

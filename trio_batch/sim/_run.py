@@ -377,29 +377,44 @@ def simulate_policy(
 
 
 def run_scenario(
-    scenario: Scenario, *, on_progress: ProgressCallback | None = None
+    scenario: Scenario, *, on_progress: ProgressCallback | None = None, jobs: int = 1
 ) -> SimulationResult:
     """Simulate every policy of ``scenario`` on the same workload.
 
     Args:
         scenario: what to simulate.
-        on_progress: optional ``(items done, items in total, policy)`` callback,
-            called every few hundred arrivals.
+        on_progress: optional ``(items done, items in total, what is running)``
+            callback, called every few hundred arrivals.
+        jobs: worker processes to run policies in, side by side; 1 (the
+            default) runs them one after the other in this process. The
+            numbers are the same either way.
 
     Returns:
         One result per policy, in the scenario's order. The numbers depend only
-        on the scenario (seed included), never on wall time or the process.
+        on the scenario (seed included), never on wall time, the process or
+        ``jobs``.
+
+    Raises:
+        ValueError: ``jobs`` is not an integer >= 1.
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    report_all = on_progress or (lambda _done, _total, _label: None)
+    report_all(0, 0, "drawing the workload")
     workload = generate_workload(scenario)
+    count = len(scenario.policies)
+    if jobs > 1 and count > 1:
+        from ._parallel import simulate_in_processes  # it imports this module
+
+        results = simulate_in_processes(scenario, workload, jobs, report_all)
+        return SimulationResult(scenario=scenario, results=tuple(results))
     n = len(workload)
-    total = n * len(scenario.policies)
     results = []
     for index, policy in enumerate(scenario.policies):
-        label = f"{policy_label(policy)} ({index + 1}/{len(scenario.policies)})"
+        label = f"{policy_label(policy)} ({index + 1}/{count})"
 
         def report(done: int, offset: int = index * n, label: str = label) -> None:
-            if on_progress is not None:
-                on_progress(offset + done, total, label)
+            report_all(offset + done, n * count, label)
 
         results.append(simulate_policy(scenario, workload, policy, report))
     return SimulationResult(scenario=scenario, results=tuple(results))
