@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -11,6 +12,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
 import trio_batch as tb
 from trio_batch.sim import (
@@ -228,3 +230,50 @@ def test_builtin_scenarios_run_cleanly_when_cut_short(name: str) -> None:
     for r in result.results:
         assert r.anomalies == ()
         assert r.ok + r.rejected + r.failed + r.withdrawn + r.late == r.items == 150
+
+
+def test_worker_processes_give_the_very_same_numbers() -> None:
+    scenario = tiny(items=300)
+    alone = render_json(run_scenario(scenario))
+    reports: list[tuple[int, int, str]] = []
+    side_by_side = run_scenario(
+        scenario, jobs=2, on_progress=lambda *report: reports.append(report)
+    )
+    assert render_json(side_by_side) == alone
+    assert reports[-1] == (300 * 5, 300 * 5, "5/5 policies")
+    with pytest.raises(ValueError, match=r"^jobs must be an integer >= 1, got 0$"):
+        run_scenario(scenario, jobs=0)
+
+
+def test_a_long_drain_keeps_samples_bounded_and_evenly_spaced() -> None:
+    # Five arrivals in 5 ms, sampled every 0.5 us, then 10 s of draining: 20
+    # million samples at that rate. The sampler halves its rate instead.
+    scenario = Scenario(
+        seed=1,
+        items=5,
+        policies=("size",),
+        arrivals=Arrivals(rate=1000),
+        process=ProcessModel(per_batch=2.0),
+        limits=tb.Limits(max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=10),
+        sample_interval=5e-7,
+    )
+    r = run_scenario(scenario).results[0]
+    assert r.elapsed == pytest.approx(10.0, abs=0.01)
+    assert 10_000 <= len(r.samples) < 20_000
+    times = [sample.time for sample in r.samples]
+    gaps = {round(b - a, 12) for a, b in itertools.pairwise(times)}
+    assert len(gaps) == 1  # evenly spaced
+    assert times[-1] + gaps.pop() > r.elapsed - 1e-9  # up to the end of the run
+
+
+def test_a_run_that_can_never_end_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def hang(self: Any, key: int, inputs: list[int]) -> list[int]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr("trio_batch.sim._run._Simulation._process", hang)
+    scenario = tiny(items=20, policies=("immediate",), pool=None, timeouts=None)
+    r = run_scenario(scenario).results[0]
+    stalled, never = r.anomalies
+    assert stalled.startswith("the run stalled: 1 time(s), first at simulated time ")
+    assert never.startswith("a caller never got an outcome: 20 time(s)")
