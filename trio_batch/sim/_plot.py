@@ -263,7 +263,10 @@ def _latency_cdf(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
                 fontsize=8,
                 color="grey",
             )
-        axes.legend(loc="lower right", fontsize=8)
+        if len(runs) > 5:
+            _legend_outside(axes, fontsize=8)
+        else:
+            axes.legend(loc="lower right", fontsize=8)
     else:
         _no_data(axes)
     axes.set_ylim(0, 1.05)
