@@ -421,25 +421,51 @@ def test_a_folder_never_shadows_a_builtin_scenario(
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_prints_interrupted_and_exits_130(jobs: str) -> None:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "trio_batch.sim", "--duration", "60", "--jobs", jobs],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert process.stderr is not None
-        # The first line says the run has started; wait for it, boundedly.
-        ready, _, _ = select.select([process.stderr], [], [], 60)
-        assert ready, "the simulator did not start within 60 s"
-        first = process.stderr.readline()
-        assert first.startswith("simulating scenario default: 4 policies")
-        time.sleep(0.5)  # into the run (it lasts much longer than this)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
+    ) as process:
+        try:
+            assert process.stderr is not None
+            # The first line says the run has started; wait for it, boundedly.
+            ready, _, _ = select.select([process.stderr], [], [], 60)
+            assert ready, "the simulator did not start within 60 s"
+            first = process.stderr.readline()
+            assert first.startswith("simulating scenario default: 4 policies")
+            time.sleep(0.5)  # into the run (it lasts much longer than this)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
     assert process.returncode == 130
     assert err == "trio-batch-sim: interrupted\n"
     assert out == ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_workers_exit_when_their_parent_is_killed() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "trio_batch.sim", "--duration", "60", "--jobs", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while time.monotonic() < deadline:  # the pool's workers (and a resource tracker)
+            workers = {int(pid) for pid in children_file.read_text().split()}
+            if len(workers) >= 3:
+                break
+            time.sleep(0.1)
+        assert len(workers) >= 3, "the worker processes did not start within 60 s"
+        process.kill()  # no chance to clean up
+        process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # do not leave them running if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []

@@ -21,7 +21,8 @@ Design, in the order things happen:
   ``(index, "error", traceback)``. The parent reads the queue, reports overall
   progress, and starts the next policy when one ends.
 - Whatever way the parent leaves (done, an error, Ctrl-C), it terminates the
-  workers still running, so no process is left behind. A worker that dies
+  workers still running, so no process is left behind; a worker whose parent
+  dies without that (killed) notices and exits at once. A worker that dies
   without a word (for instance because the main script lacks the
   ``if __name__ == "__main__":`` guard that the ``spawn`` method needs) is an
   error, not a hang.
@@ -36,9 +37,11 @@ worker before Python 3.14, so Ctrl-C would wait for the run to end); threads
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +73,9 @@ def _worker(messages: Any, scenario: Scenario, workload: Workload, index: int) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # if the parent dies (even by SIGKILL), stop at once
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
     try:
         result = simulate_policy(
             scenario,
@@ -83,13 +89,20 @@ def _worker(messages: Any, scenario: Scenario, workload: Workload, index: int) -
     messages.put((index, "result", result))
 
 
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
 @contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Hold SIGINT back in the block; a process started in it is born with SIGINT blocked.
 
     The signal mask survives fork and exec, so a worker cannot be interrupted
     before it has ignored SIGINT; in the parent, a Ctrl-C during the block is
-    delivered when it ends, not lost.
+    delivered when it ends, not lost. The mask is the calling thread's: this
+    holds as long as no other thread of the parent takes the signal (the
+    command line runs no other thread; the progress bar has no monitor thread).
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
         yield
@@ -134,9 +147,9 @@ def simulate_in_processes(
                     name=f"trio-batch-sim {policy_label(scenario.policies[index])}",
                     daemon=True,
                 )
+                running[index] = process
                 with _sigint_blocked():
                     process.start()
-                running[index] = process
             on_progress(sum(done), total, f"{len(results)}/{count} policies, {jobs} processes")
             try:
                 index, kind, value = messages.get(timeout=_POLL)
@@ -153,9 +166,10 @@ def simulate_in_processes(
                 label = policy_label(scenario.policies[index])
                 raise RuntimeError(f"the run of {label} failed in its worker process:\n{value}")
     finally:
-        for process in running.values():
+        started = [process for process in running.values() if process.pid is not None]
+        for process in started:
             process.terminate()
-        for process in running.values():
+        for process in started:
             process.join()
         messages.close()
     on_progress(total, total, f"{count}/{count} policies")

@@ -3,7 +3,8 @@
 tqdm draws only on a terminal (``disable=None``), so piped or captured output
 never holds a carriage return; it stays silent for the first second
 (``delay``), so short runs print nothing; it redraws at most ten times a
-second; and it erases itself when done (``leave=False``). Without tqdm the
+second; and it erases itself when done (``leave=False``). It runs no monitor
+thread (``monitor_interval = 0``), so that only the main thread takes Ctrl-C. Without tqdm the
 simulator runs the same, without a bar. The wall clock the bar reads is for
 the display only; results never see it.
 """
@@ -40,7 +41,13 @@ def progress_bar(
     if quiet or tqdm is None:
         yield lambda _done, _total, _label: None
         return
-    bar = tqdm(
+
+    class Bar(tqdm):  # type: ignore[misc]
+        # No monitor thread: a thread that can take SIGINT would defeat the
+        # signal mask that starting worker processes relies on (_parallel).
+        monitor_interval = 0
+
+    bar = Bar(
         file=stream,
         disable=None,  # only on a terminal
         delay=delay,
