@@ -54,7 +54,7 @@ import trio_batch as tb
 from ._clock import SimClock, SimulationStuck, VirtualTime
 from ._pool import ConnectionPool
 from ._results import PolicyResult, Sample, SimulationResult
-from ._scenario import Scenario, policy_label
+from ._scenario import MAX_SAMPLES, Scenario, policy_label
 from ._workload import Workload, batch_cost, batch_random, generate_workload
 
 __all__ = ["ProgressCallback", "SimulatedFailure", "run_scenario", "simulate_policy"]
@@ -64,8 +64,6 @@ ProgressCallback = Callable[[int, int, str], None]
 
 #: Arrivals between two progress reports.
 _PROGRESS_EVERY: Final = 512
-#: Samples kept at most: beyond twice this, every other one is dropped.
-_MAX_SAMPLES: Final = 10_000
 
 # Outcome codes, one byte per item.
 _PENDING, _OK, _REJECTED, _FAILED, _WITHDRAWN, _LATE, _CLOSED = range(7)
@@ -266,7 +264,7 @@ class _Simulation:
         stats = self._batcher.statistics()
         samples = self._samples
         samples.append(Sample(self._time.now, stats.queued_items, stats.processing_batches))
-        if len(samples) >= 2 * _MAX_SAMPLES:
+        if len(samples) >= 2 * MAX_SAMPLES:
             # A drain that lasts far longer than the arrivals: keep every other
             # sample and sample half as often, so memory stays bounded.
             del samples[1::2]
