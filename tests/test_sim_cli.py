@@ -469,3 +469,23 @@ def test_workers_exit_when_their_parent_is_killed() -> None:
     for pid in alive:  # do not leave them running if the test fails
         os.kill(pid, signal.SIGKILL)
     assert alive == []
+
+
+def test_an_interrupt_inside_the_trio_run_is_interrupted_not_a_traceback(
+    tiny_toml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Deterministic counterpart of the SIGINT test: KeyboardInterrupt raised in a
+    # task leaves trio.run wrapped in exception groups, which main unwraps.
+    async def interrupted(self: Any, key: int, inputs: list[int]) -> list[int]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("trio_batch.sim._run._Simulation._process", interrupted)
+    from trio_batch.sim import load_scenario, run_scenario
+
+    with pytest.RaisesGroup(KeyboardInterrupt, flatten_subgroups=True):
+        run_scenario(load_scenario(str(tiny_toml), ["items=20", "pool="]))
+    assert main(["-s", str(tiny_toml), "--items", "20", "--set", "pool="]) == 130
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("trio-batch-sim: interrupted\n")
+    assert "Traceback" not in err
