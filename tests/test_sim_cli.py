@@ -419,6 +419,7 @@ def test_a_folder_never_shadows_a_builtin_scenario(
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and select() on pipes")
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_prints_interrupted_and_exits_130(jobs: str) -> None:
     with subprocess.Popen(
