@@ -15,8 +15,11 @@ neither still fails the build, so a typo cannot slip through.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import sys
+import textwrap
 from typing import Any, TypeVar
 
 from docutils import nodes
@@ -24,6 +27,7 @@ from sphinx.addnodes import pending_xref
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
 from sphinx.pycode import ModuleAnalyzer
+from sphinx.util.inspect import DefaultValue
 
 import trio_batch
 
@@ -96,7 +100,27 @@ OTHER_PAGES = {
 }
 
 #: Standard-library modules whose names may be linked.
-PYTHON_MODULES = {"collections", "contextlib", "contextvars", "enum", "logging", "typing"}
+PYTHON_MODULES = {
+    "array",
+    "collections",
+    "contextlib",
+    "contextvars",
+    "enum",
+    "logging",
+    "pathlib",
+    "typing",
+}
+
+# Names that docstrings of trio_batch.sim mention but that trio_batch.sim does
+# not export (helpers of its command line and loader); they have no page to
+# link to. The sim's owners may export or reword them; until then, not errors.
+nitpick_ignore = [
+    ("py:func", "apply_override"),
+    ("py:func", "read_scenario_data"),
+    ("py:func", "scenario_from_data"),
+    ("py:data", "POLICY_SYNTAX"),
+    ("py:exc", "PlottingUnavailable"),
+]
 
 
 def _python_module(target: str) -> str | None:
@@ -104,6 +128,9 @@ def _python_module(target: str) -> str | None:
     parts = target.split(".")
     if parts[0] not in PYTHON_MODULES or parts[0] not in sys.stdlib_module_names:
         return None
+    if len(parts) == 1:  # a class named like its module, imported from it: array
+        module = importlib.import_module(target)
+        return target if hasattr(module, target) else None
     for end in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:end])
         try:
@@ -137,7 +164,8 @@ def _resolve_external(
         page = OTHER_PAGES[target]
         uri = page if "prometheus" in target else f"{page}#{target}"
     elif (module := _python_module(target)) is not None:
-        uri = f"{PYTHON_DOCS}{module}.html#{target}"
+        name = target if "." in target else f"{module}.{target}"
+        uri = f"{PYTHON_DOCS}{module}.html#{name}"
     elif _is_type_variable(target):
         # A signature's type variable (K, I, O of Batcher): its name is the
         # documentation; there is nothing to link to.
@@ -149,17 +177,52 @@ def _resolve_external(
     return reference
 
 
-# -- attribute comments of re-exported classes -------------------------------
+# -- what autodoc reads from the source of re-exported names -----------------
 #
-# trio_batch/__init__.py sets each public class's __module__ to "trio_batch"
+# trio_batch/__init__.py sets each public name's __module__ to "trio_batch"
 # (as Trio does), so autodoc reads "#:" comments (enum members, attrs fields)
-# from trio_batch/__init__.py, where there are none. Give the analyzer of
-# "trio_batch" the comments of the private modules that define the classes.
+# and @overload signatures from trio_batch/__init__.py, where there are none.
+# Give the analyzer of "trio_batch" those of the private modules that define
+# the names: then open_batcher shows its typed overloads, not the untyped
+# implementation.
 
 PRIVATE_MODULES = ("_batcher", "_errors", "_observe", "_policies", "_statistics")
 
 
-def _merge_attribute_comments(app: Sphinx) -> None:
+def _source_defaults(function: Any) -> dict[str, str]:
+    """Each parameter's default as written in ``function``'s source (``"Immediate()"``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    definition = tree.body[0]
+    assert isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef)
+    arguments = definition.args
+    positional = arguments.posonlyargs + arguments.args
+    defaults = dict(
+        zip(
+            [argument.arg for argument in positional[len(positional) - len(arguments.defaults) :]],
+            [ast.unparse(default) for default in arguments.defaults],
+            strict=True,
+        )
+    )
+    for argument, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True):
+        if default is not None:
+            defaults[argument.arg] = ast.unparse(default)
+    return defaults
+
+
+def _with_source_defaults(overload: inspect.Signature, function: Any) -> inspect.Signature:
+    """``overload`` with each ``= ...`` default replaced by the implementation's default."""
+    defaults = _source_defaults(function)
+    return overload.replace(
+        parameters=[
+            parameter.replace(default=DefaultValue(defaults[parameter.name]))
+            if str(parameter.default) == "..." and parameter.name in defaults
+            else parameter
+            for parameter in overload.parameters.values()
+        ]
+    )
+
+
+def _merge_private_modules(app: Sphinx) -> None:
     package = ModuleAnalyzer.for_module("trio_batch")
     package.analyze()
     for name in PRIVATE_MODULES:
@@ -167,6 +230,11 @@ def _merge_attribute_comments(app: Sphinx) -> None:
         private.analyze()
         package.attr_docs.update(private.attr_docs)
         package.tagorder.update(private.tagorder)
+        for qualname, overloads in private.overloads.items():
+            function = getattr(trio_batch, qualname)
+            package.overloads[qualname] = [
+                _with_source_defaults(overload, function) for overload in overloads
+            ]
 
 
 def _untyped_attribute_docs(
@@ -189,7 +257,7 @@ def _untyped_attribute_docs(
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
-    app.connect("builder-inited", _merge_attribute_comments)
+    app.connect("builder-inited", _merge_private_modules)
     # Before napoleon (priority 500), which reads the same lines.
     app.connect("autodoc-process-docstring", _untyped_attribute_docs, priority=400)
     app.connect("missing-reference", _resolve_external)
