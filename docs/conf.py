@@ -4,13 +4,15 @@ Build: ``sphinx-build -n -W --keep-going -b html docs docs/_build/html`` (the
 ``docs`` nox session): nitpicky, warnings are errors.
 
 External links without the network. The build machines reach package
-registries only, so ``sphinx.ext.intersphinx`` cannot fetch Python's or Trio's
-``objects.inv``, and no package ships them. Instead, ``_resolve_external``
-below links the few external names our docstrings mention: standard-library
-names by the rule Python's docs follow (``library/<module>.html#<name>``), and
-Trio names through ``TRIO_PAGES``, a table of which page of Trio's docs
-documents each one (checked against Trio 0.35's docs sources). A name in
-neither still fails the build, so a typo cannot slip through.
+registries only, so ``sphinx.ext.intersphinx`` cannot download an
+``objects.inv``. Trio's is vendored instead: ``_inventories/trio-0.35.0.inv``
+was built from the docs sources in Trio 0.35.0's sdist (from PyPI), see
+``_inventories/README.md``, and intersphinx reads it from disk, linking to
+Trio's published docs. Python's docs sources are not on PyPI, so
+``_resolve_external`` below links standard-library names by the rule Python's
+docs follow (``library/<module>.html#<name>``), and the few other external
+names through ``OTHER_PAGES``. A name found nowhere still fails the build, so a
+typo cannot slip through.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib
 import inspect
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, TypeVar
 
 from docutils import nodes
@@ -39,12 +42,13 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "myst_parser",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_inventories"]
 root_doc = "index"
 
 # Google-style docstrings only.
@@ -68,28 +72,12 @@ html_title = f"trio_batch {release}"
 
 PYTHON_DOCS = "https://docs.python.org/3/library/"
 TRIO_DOCS = "https://trio.readthedocs.io/en/stable/"
-OTEL_DOCS = "https://opentelemetry-python.readthedocs.io/en/latest/"
 
-#: Trio names our docs mention -> the page of Trio's docs that documents them.
-TRIO_PAGES = {
-    "trio.Cancelled": "reference-core.html",
-    "trio.CancelScope": "reference-core.html",
-    "trio.TooSlowError": "reference-core.html",
-    "trio.current_effective_deadline": "reference-core.html",
-    "trio.current_time": "reference-core.html",
-    "trio.fail_after": "reference-core.html",
-    "trio.from_thread.run_sync": "reference-core.html",
-    "trio.move_on_after": "reference-core.html",
-    "trio.Nursery": "reference-core.html",
-    "trio.open_nursery": "reference-core.html",
-    "trio.run": "reference-core.html",
-    "trio.sleep": "reference-core.html",
-    "trio.sleep_forever": "reference-core.html",
-    "trio.to_thread.run_sync": "reference-core.html",
-    "trio.lowlevel.current_trio_token": "reference-lowlevel.html",
-    "trio.testing.MockClock": "reference-testing.html",
-    "trio.testing.wait_all_tasks_blocked": "reference-testing.html",
+# Trio's inventory, read from disk: never downloaded.
+intersphinx_mapping = {
+    "trio": (TRIO_DOCS, str(Path(__file__).parent / "_inventories" / "trio-0.35.0.inv")),
 }
+OTEL_DOCS = "https://opentelemetry-python.readthedocs.io/en/latest/"
 
 #: Other external names -> their page. prometheus_client has no API reference
 #: with an anchor per name: its names link to its documentation's home.
@@ -158,8 +146,6 @@ def _resolve_external(
     target = node["reftarget"]
     if node.get("reftype") == "mod" and target in PYTHON_MODULES:
         uri = f"{PYTHON_DOCS}{target}.html#module-{target}"
-    elif target in TRIO_PAGES:
-        uri = f"{TRIO_DOCS}{TRIO_PAGES[target]}#{target}"
     elif target in OTHER_PAGES:
         page = OTHER_PAGES[target]
         uri = page if "prometheus" in target else f"{page}#{target}"
