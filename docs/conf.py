@@ -5,14 +5,11 @@ Build: ``sphinx-build -n -W --keep-going -b html docs docs/_build/html`` (the
 
 External links without the network. The build machines reach package
 registries only, so ``sphinx.ext.intersphinx`` cannot download an
-``objects.inv``. Trio's is vendored instead: ``_inventories/trio-0.35.0.inv``
-was built from the docs sources in Trio 0.35.0's sdist (from PyPI), see
-``_inventories/README.md``, and intersphinx reads it from disk, linking to
-Trio's published docs. Python's docs sources are not on PyPI, so
-``_resolve_external`` below links standard-library names by the rule Python's
-docs follow (``library/<module>.html#<name>``), and the few other external
-names through ``OTHER_PAGES``. A name found nowhere still fails the build, so a
-typo cannot slip through.
+``objects.inv``: Python's and Trio's are vendored in ``_inventories/`` and read
+from disk (``_inventories/README.md`` says where each comes from and how to
+rebuild it). ``_resolve_external`` below links the few names no inventory
+holds. A name found nowhere still fails the build, so a typo cannot slip
+through.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +25,7 @@ from docutils import nodes
 from sphinx.addnodes import pending_xref
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
+from sphinx.ext.intersphinx import missing_reference
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.inspect import DefaultValue
 
@@ -70,14 +67,14 @@ html_title = f"trio_batch {release}"
 
 # -- external links ----------------------------------------------------------
 
-PYTHON_DOCS = "https://docs.python.org/3/library/"
-TRIO_DOCS = "https://trio.readthedocs.io/en/stable/"
-
-# Trio's inventory, read from disk: never downloaded.
-intersphinx_mapping = {
-    "trio": (TRIO_DOCS, str(Path(__file__).parent / "_inventories" / "trio-0.35.0.inv")),
-}
+INVENTORIES = Path(__file__).parent / "_inventories"
 OTEL_DOCS = "https://opentelemetry-python.readthedocs.io/en/latest/"
+
+# Python's and Trio's inventories, read from disk: never downloaded.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3/", str(INVENTORIES / "python-3.11.inv")),
+    "trio": ("https://trio.readthedocs.io/en/stable/", str(INVENTORIES / "trio-0.35.0.inv")),
+}
 
 #: Other external names -> their page. prometheus_client has no API reference
 #: with an anchor per name: its names link to its documentation's home.
@@ -87,17 +84,8 @@ OTHER_PAGES = {
     "prometheus_client.registry.CollectorRegistry": "https://prometheus.github.io/client_python/",
 }
 
-#: Standard-library modules whose names may be linked.
-PYTHON_MODULES = {
-    "array",
-    "collections",
-    "contextlib",
-    "contextvars",
-    "enum",
-    "logging",
-    "pathlib",
-    "typing",
-}
+#: Annotations that Sphinx writes without their module -> the name to link.
+BARE_NAMES = {"array": "array.array"}
 
 # Names that docstrings of trio_batch.sim mention but that trio_batch.sim does
 # not export (helpers of its command line and loader); they have no page to
@@ -109,24 +97,6 @@ nitpick_ignore = [
     ("py:data", "POLICY_SYNTAX"),
     ("py:exc", "PlottingUnavailable"),
 ]
-
-
-def _python_module(target: str) -> str | None:
-    """The standard-library module that documents ``target``, or None."""
-    parts = target.split(".")
-    if parts[0] not in PYTHON_MODULES or parts[0] not in sys.stdlib_module_names:
-        return None
-    if len(parts) == 1:  # a class named like its module, imported from it: array
-        module = importlib.import_module(target)
-        return target if hasattr(module, target) else None
-    for end in range(len(parts) - 1, 0, -1):
-        name = ".".join(parts[:end])
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            continue
-        return name
-    return None
 
 
 def _is_type_variable(target: str) -> bool:
@@ -141,26 +111,24 @@ def _is_type_variable(target: str) -> bool:
 def _resolve_external(
     app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: nodes.TextElement
 ) -> nodes.Element | None:
+    """Link what the inventories do not know: ``OTHER_PAGES``, ``BARE_NAMES``, type variables."""
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"]
-    if node.get("reftype") == "mod" and target in PYTHON_MODULES:
-        uri = f"{PYTHON_DOCS}{target}.html#module-{target}"
-    elif target in OTHER_PAGES:
+    if target in BARE_NAMES:
+        node["reftarget"] = BARE_NAMES[target]
+        return missing_reference(app, env, node, contnode)
+    if target in OTHER_PAGES:
         page = OTHER_PAGES[target]
         uri = page if "prometheus" in target else f"{page}#{target}"
-    elif (module := _python_module(target)) is not None:
-        name = target if "." in target else f"{module}.{target}"
-        uri = f"{PYTHON_DOCS}{module}.html#{name}"
-    elif _is_type_variable(target):
+        reference = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
+        reference += contnode
+        return reference
+    if _is_type_variable(target):
         # A signature's type variable (K, I, O of Batcher): its name is the
         # documentation; there is nothing to link to.
         return contnode
-    else:
-        return None
-    reference = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
-    reference += contnode
-    return reference
+    return None
 
 
 # -- what autodoc reads from the source of re-exported names -----------------
