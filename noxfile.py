@@ -21,7 +21,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 SUPPORTED_PYTHONS = nox.project.python_versions(PYPROJECT)
 
 nox.options.sessions = ["tests", "lint", "types", "docs"]
-# virtualenv ships with nox; naming it keeps nox from probing for uv.
+# virtualenv ships with nox, so every session works without uv or conda.
 nox.options.default_venv_backend = "virtualenv"
 # tests_all skips a Python that is not installed (also under CI) and never downloads one.
 nox.options.error_on_missing_interpreters = False
