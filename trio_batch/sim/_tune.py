@@ -286,11 +286,14 @@ def tune(
     multipliers: Sequence[float] = (1.0,),
     *,
     on_progress: ProgressCallback | None = None,
+    jobs: int = 1,
 ) -> TuneResult:
     """Run the grid of :func:`policy_grid` at each multiple of the arrival rate.
 
     Must not be called from inside a Trio run. The numbers depend only on the
-    scenario (seed included) and the multipliers.
+    scenario (seed included) and the multipliers, not on ``jobs`` (worker
+    processes running policies side by side, as in
+    :func:`~trio_batch.sim.run_scenario`).
     """
     grid = policy_grid(scenario)
     rates = []
@@ -311,7 +314,7 @@ def tune(
                     f"x{multiplier:g} {label}",
                 )
 
-        result = run_scenario(variant, on_progress=report)
+        result = run_scenario(variant, on_progress=report, jobs=jobs)
         rates.append(
             TuneRate(
                 multiplier=multiplier,
