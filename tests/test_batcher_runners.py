@@ -18,7 +18,7 @@ import trio.testing
 from conftest import Outcomes, Recorder
 
 import trio_batch as tb
-from trio_batch._batcher import _MAX_IDLE_RUNNERS
+from trio_batch._runners import MAX_IDLE_RUNNERS as _MAX_IDLE_RUNNERS
 
 _seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
 

@@ -78,7 +78,6 @@ class KeyStateMachine(RuleBasedStateMachine):
         self.running: list[KeyBatch] = []
         self.submitted: list[Item] = []
         self.withdrawn: set[Item] = set()
-        self.abandoned: set[Item] = set()
         self.processed: list[list[Item]] = []
         # Overflow.WAIT: items that waited for room, in the order they arrived.
         self.waited: list[Item] = []
@@ -115,7 +114,7 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def run_policy(self, *, after_finish: bool = False) -> None:
         started_before = self.state.started
-        started = self.state.start_ready(
+        started = self.state.start_allowed(
             self.policy, self.limits, after_finish=after_finish, draining=self.draining
         )
         for n, batch in enumerate(started):
@@ -147,15 +146,15 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def admit(self) -> None:
         """What the batcher does after every change that can make room."""
-        for tag, batch in self.state.admit(self.policy, self.limits):
-            self.admitted.append(tag)
+        for waiter, batch in self.state.admit(self.policy, self.limits):
+            self.admitted.append(waiter)
             if batch not in self.batches:
                 # It needed a new batch: the one before it did not fit, and is closed.
                 queue = self.queue()
                 position = queue.index(batch)
                 if position:
                     self.been_full.add(id(queue[position - 1]))
-            self.after_add(tag, batch)
+            self.after_add(waiter, batch)
         if self.state.overflow:
             # The head found no room and goes on waiting: the newest batch did
             # not fit it, so it counts as full (by count it already was).
@@ -211,7 +210,7 @@ class KeyStateMachine(RuleBasedStateMachine):
         self.cost_of[item] = cost
         if self.state.overflow:
             # Waiters for room are ahead, whatever their cost: join the line.
-            self.state.overflow.append((item, item, None, item, cost))
+            self.state.overflow.append((item, item, cost))
             self.waited.append(item)
             return
         queue_before = self.queue()
@@ -232,7 +231,7 @@ class KeyStateMachine(RuleBasedStateMachine):
                 # It goes on to wait: it closed the batch it did not fit.
                 assert newest.filled
                 self.been_full.add(id(newest))
-                self.state.overflow.append((item, item, None, item, cost))
+                self.state.overflow.append((item, item, cost))
                 self.waited.append(item)
                 self.run_policy()
             else:
@@ -261,7 +260,7 @@ class KeyStateMachine(RuleBasedStateMachine):
         item = next(self.ids)
         if self.state.overflow:
             # Waiters for room are ahead: a newcomer joins the end of that line.
-            self.state.overflow.append((item, item, None, item))
+            self.state.overflow.append((item, item, None))
             self.waited.append(item)
             return
         queue_before = self.queue()
@@ -277,7 +276,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
-                self.state.overflow.append((item, item, None, item))
+                self.state.overflow.append((item, item, None))
                 self.waited.append(item)
             return
         if newest is None or newest_full:
@@ -309,11 +308,13 @@ class KeyStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.state.overflow))
     @rule(data=st.data())
     def cancel_waiter(self, data: st.DataObject) -> None:
-        entry = data.draw(st.sampled_from(list(self.state.overflow)))
-        self.state.overflow.remove(entry)
-        self.waited.remove(entry[0])
-        # With costs, the next waiter may fit where the one that left did not.
-        self.admit()
+        item, waiter, _ = data.draw(st.sampled_from(list(self.state.overflow)))
+        was_first = self.state.leave_overflow(waiter)
+        assert all(queued is not waiter for _, queued, _ in self.state.overflow)
+        self.waited.remove(item)
+        if was_first:
+            # With costs, the next waiter may fit where the one that left did not.
+            self.admit()
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
@@ -351,17 +352,6 @@ class KeyStateMachine(RuleBasedStateMachine):
                 assert batch not in self.running
         self.admit()
         self.run_policy()
-
-    @precondition(lambda self: any(b.state == PROCESSING and any(b.waiters) for b in self.batches))
-    @rule(data=st.data())
-    def abandon(self, data: st.DataObject) -> None:
-        batch = data.draw(
-            st.sampled_from([b for b in self.batches if b.state == PROCESSING and any(b.waiters)])
-        )
-        waiter = data.draw(st.sampled_from([w for w in batch.waiters if w is not None]))
-        self.state.abandon(batch, waiter)
-        self.abandoned.add(waiter)
-        assert len(batch.waiters) == len(batch.inputs)
 
     @precondition(lambda self: not self.draining)
     @rule()
@@ -473,7 +463,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             queue = self.queue()
             assert queue
             head = overflow[0]
-            assert not self.fits(queue[-1], head[4] if self.costed else 0)
+            assert not self.fits(queue[-1], head[2] or 0)
             assert queue[-1].filled
             rejects_full = (
                 isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT

@@ -1,83 +1,70 @@
-"""``open_batcher`` and ``Batcher``: where callers park and where batches run.
+"""``open_batcher`` and ``Batcher``: where callers park and how a batch's life goes.
 
-Design, in the order things happen:
+The batcher ties four smaller ideas together, each in a module of its own:
+one key's queue and the policy's decisions (``_key_state``, ``_policies``: pure,
+no Trio), the runner pool that runs started batches (``_runners``), the
+``Duration`` timers (``_timers``), and the total, pure end of a batch
+(``_outcomes``). What stays here is the order of events, which only the
+batcher knows:
 
-* :func:`open_batcher` opens one nursery and yields a :class:`Batcher`. Every task
-  the batcher runs (the runners that run batches, plus one timer task for
-  :class:`~trio_batch.Duration`) lives in that nursery; leaving the block is the
-  nursery's exit, so there is no worker to detach and no shutdown channel.
-* :meth:`Batcher.submit` puts the item in its key's queue (``_key_state``), asks
-  the policy which batches may start (queueing them for a runner), and parks the
-  calling task with :func:`trio.lowlevel.wait_task_rescheduled`. There is no
-  per-item Event or channel: the batch reschedules each caller with its own
-  outcome, and the caller's ``abort_fn`` withdraws the item if its batch has
-  not begun processing. Because ``abort_fn`` runs synchronously inside Trio's
-  cancellation delivery, withdrawal is atomic with respect to processing: an
-  item is either removed before ``process`` sees the inputs, or it is processed
-  and its output discarded. Never both, never neither.
-* A runner takes started batches in FIFO order and runs each one in a fresh
-  copy of the block's context (``_drive``): it acquires the resource (if any),
-  takes the batch out of the queue (from then on no item can join or leave it),
-  calls ``process``, and in ``finally`` frees its slot, delivers outcomes,
-  starts whatever the policy now allows, and forgets the key if it is idle.
-  Each of those steps has exactly one owner, here, so no counter can drift
-  between tasks.
-* Runners are reused, because a task spawn and exit costs several times what
-  parking and waking one does. A batch that does not block (a no-op or cached
-  ``process``) costs no task switch: its runner goes straight on to the next
-  batch. The first time a batch blocks, its runner wakes (or spawns) enough
-  runners for every batch still waiting for one, so a batch never waits for
-  another batch to finish before it can begin; the price is that those batches
-  begin one scheduler tick later than with a task each. A batch started by
-  another task (a caller, the timer task) is never taken in the scheduling
-  round it started in, so items submitted in that round still join it: each
-  such start gets a sequence number, and a runner takes it only if the runner
-  was woken after it (and so runs in a later round), or else yields once
-  first. At most ``_MAX_IDLE_RUNNERS`` idle runners are kept; a runner with
-  nothing to run exits instead of parking beyond that, and during the drain.
+* :func:`open_batcher` checks its arguments and returns :func:`_open`, which
+  opens one nursery and only then builds the :class:`Batcher` inside it, so
+  every field has its final value from the start. Every task the batcher runs
+  (the runners, plus one timer task for :class:`~trio_batch.Duration`) lives in
+  that nursery; leaving the block is the nursery's exit, so there is no worker
+  to detach and no shutdown channel.
+* :meth:`Batcher.submit` puts the item in its key's queue, asks the policy
+  which batches may start (handing them to the runner pool), and parks the
+  calling task with :func:`trio.lowlevel.wait_task_rescheduled`. A parked
+  caller is one small :class:`_Waiter`: no per-item Event or channel; the batch
+  reschedules each caller with its own outcome, and the waiter's ``abort``
+  withdraws the item if its batch has not begun processing. Because ``abort``
+  runs synchronously inside Trio's cancellation delivery, withdrawal is atomic
+  with respect to processing: an item is either removed before ``process``
+  sees the inputs, or it is processed and its output discarded. Never both,
+  never neither.
+* A runner runs a started batch (:class:`_Run`) in a fresh copy of the block's
+  context: it acquires the resource (if any), takes the batch out of the
+  queue (from then on no item can join or leave it), calls ``process`` and
+  reads its outputs into a plain list (``_outcomes.read_outputs``), all before
+  the batch ends. Then, in ``finally`` and protected from KeyboardInterrupt,
+  :meth:`Batcher._finish` frees the slot, delivers every outcome, and starts
+  whatever the policy now allows. Each of those steps has exactly one owner,
+  here, so no counter can drift between tasks, and no user code runs between
+  freeing the slot and delivering (the end of a batch is total).
+* The block's life is one :class:`_Phase`: ``OPEN`` → ``DRAINING`` (the body
+  returned) or ``TORN_DOWN`` (it raised or was cancelled) → ``CLOSED`` (the
+  nursery is gone; whoever is still parked gets ``BatcherClosed``).
 
 Rejected alternatives: a single worker task per batcher or per key (a
 bottleneck, and a place for cancellations to jam, as Ray Serve found); a task
-per batch (simplest, and what this module did first, but a spawn and exit per
-batch made many small batches cost up to 1.5 times as much per item as a
-hand-written batcher); memory channels to carry items (a closed channel
-silently drops what it buffers, and the order in which woken tasks run is not
-FIFO, so order and ownership must come from our own queue anyway).
+per batch (a spawn and exit per batch made many small batches cost up to 1.5
+times as much per item as a hand-written batcher); memory channels to carry
+items (a closed channel silently drops what it buffers, and the order in which
+woken tasks run is not FIFO, so order and ownership must come from our own
+queue anyway); a closure per parked caller for its ``abort`` (a function and a
+cell per captured name, for every item, all tracked by the garbage collector).
 """
 
 from __future__ import annotations
 
 import contextvars
-import heapq
+import enum
 import inspect
-import itertools
 import logging
 import math
 import reprlib
-import types
-from collections import deque
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Generator,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import CoroutineType
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
 
-import outcome
 import trio
 
 from ._errors import (
     BatcherClosed,
     BatchError,
     BatchFailed,
-    ItemFailed,
     ProcessorContractError,
     Rejected,
     ResourceAcquisitionFailed,
@@ -95,17 +82,31 @@ from ._observe import (
     logger,
     new_id,
 )
+from ._outcomes import (
+    ContractViolation,
+    Failure,
+    contract_failure,
+    deliver,
+    describe,
+    read_outputs,
+    safe_repr,
+)
 from ._policies import (
     POLICY_TYPES,
     Duration,
     Immediate,
     Limits,
     Overflow,
+    Oversize,
     Policy,
+    StartReason,
     check_compatible,
+    is_oversize,
     start_reason,
 )
+from ._runners import RunnerPool
 from ._statistics import BatcherStatistics
+from ._timers import Timers
 
 __all__ = ["Batcher", "open_batcher"]
 
@@ -113,107 +114,169 @@ K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
 O = TypeVar("O")  # noqa: E741 - conventional name for the output type
 R = TypeVar("R")
+T = TypeVar("T")
 
 _Task = trio.lowlevel.Task
 _key_repr = reprlib.Repr()
 _key_repr.maxstring = 40
 _key_repr.maxother = 40
 
+#: Weight of the newest batch in the moving average of batch durations.
+_EWMA_WEIGHT = 0.2
 
-class _ContractViolation(Exception):
-    """Raised inside the batch task when ``process`` broke its contract."""
+
+class _Phase(enum.Enum):
+    """Where the block is in its life; it only moves along ``_NEXT_PHASES``."""
+
+    #: Inside the block: submits are accepted.
+    OPEN = "open"
+    #: The body returned: no new submits, every queued batch is ready.
+    DRAINING = "draining"
+    #: The body raised or was cancelled: batch tasks are being cancelled.
+    TORN_DOWN = "torn down"
+    #: The nursery is gone; nothing runs any more.
+    CLOSED = "closed"
 
 
-@final
-class _Failure:
-    """A failed batch: each caller gets its own exception built from this."""
+_NEXT_PHASES = {
+    _Phase.OPEN: (_Phase.DRAINING, _Phase.TORN_DOWN, _Phase.CLOSED),
+    _Phase.DRAINING: (_Phase.TORN_DOWN, _Phase.CLOSED),
+    _Phase.TORN_DOWN: (_Phase.CLOSED,),
+    _Phase.CLOSED: (),
+}
 
-    __slots__ = ("cause", "error_type", "message")
+
+class _NoPublicConstructor(type):
+    """Metaclass: ``Batcher(...)`` is a TypeError; only ``open_batcher`` builds one."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor; "
+            "use 'async with trio_batch.open_batcher(process, ...) as batcher:'"
+        )
+
+    def _create(cls: type[T], *args: object, **kwargs: object) -> T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class _Waiter:
+    """A caller parked in :meth:`Batcher.submit`, owed exactly one outcome.
+
+    ``task`` becomes ``None`` when the caller gives up after its batch began
+    processing (its output is then discarded). ``abort`` is the caller's
+    ``abort_fn``: a bound method, so a parked caller costs one object, not a
+    closure and its cells.
+    """
+
+    __slots__ = ("accepted_at", "batch", "batcher", "item_id", "key", "state", "task")
 
     def __init__(
-        self, error_type: type[BatchError], message: str, cause: BaseException | None
+        self, batcher: Batcher[Any, Any, Any], task: _Task, key: Any, state: KeyState[Any, Any]
     ) -> None:
-        self.error_type = error_type
-        self.message = message
-        self.cause = cause
+        self.batcher = batcher
+        self.task: _Task | None = task
+        self.key = key
+        self.state = state
+        self.batch: Batch[Any, _Waiter] | None = None
+        # Observed batchers only: the id and acceptance time observers see.
+        self.item_id = -1
+        self.accepted_at = 0.0
 
-    def new_error(self) -> BatchError:
-        error = self.error_type(self.message)
-        error.__cause__ = self.cause
-        return error
-
-
-def _is_sequence_like(value: object) -> bool:
-    # Array-likes (numpy, torch) are not registered Sequences but have a length
-    # and index by position; strings and mappings are never a list of outputs.
-    if isinstance(value, str | bytes | Mapping):
-        return False
-    return isinstance(value, Sequence) or (
-        hasattr(value, "__len__") and hasattr(value, "__getitem__")
-    )
-
-
-def _check_outputs(outputs: Any, expected: int) -> Sequence[Any]:
-    """Return ``outputs`` if it is a sequence of ``expected`` items, else raise."""
-    if type(outputs) is not list and type(outputs) is not tuple and not _is_sequence_like(outputs):
-        raise _ContractViolation(
-            f"process must return a sequence of outputs, got {type(outputs).__name__}"
-        )
-    if len(outputs) != expected:
-        raise _ContractViolation(f"process returned {len(outputs)} outputs for {expected} inputs")
-    return outputs  # type: ignore[no-any-return]
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.batcher._withdraw(self)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 @final
-class _OverflowWaiter:
-    """A caller parked for room (``Overflow.WAIT``); ``batch`` is set on admission."""
+class _RoomWaiter(_Waiter):
+    """A caller waiting for room in its key's queue (``Overflow.WAIT``)."""
 
-    __slots__ = ("batch", "context", "deadline", "entry")
+    __slots__ = ("context", "deadline")
 
-    def __init__(self, deadline: float, context: contextvars.Context | None) -> None:
-        self.batch: Batch[Any, _Task] | None = None
+    def __init__(
+        self,
+        batcher: Batcher[Any, Any, Any],
+        task: _Task,
+        key: Any,
+        state: KeyState[Any, Any],
+        deadline: float,
+        context: contextvars.Context | None,
+    ) -> None:
+        super().__init__(batcher, task, key, state)
+        # Deadline awareness: when its batch must start for it.
         self.deadline = deadline
-        self.entry: Any = None
         # Observed batchers: the caller's context, for its item_accepted event.
         self.context = context
 
 
 @final
-class Batcher(Generic[K, I, O]):
+class _Run:
+    """A started batch on its way through a runner: what only the batcher needs.
+
+    The queue facts stay in the :class:`~trio_batch._key_state.Batch`; the
+    observation facts (batch id, reason, times) and the batch's moving parts
+    live here, for as long as the batch runs.
+    """
+
+    __slots__ = (
+        "batch",
+        "batcher",
+        "ident",
+        "key",
+        "processing_at",
+        "reason",
+        "started_at",
+        "state",
+    )
+
+    def __init__(
+        self,
+        batcher: Batcher[Any, Any, Any],
+        key: Any,
+        state: KeyState[Any, _Waiter],
+        batch: Batch[Any, _Waiter],
+    ) -> None:
+        self.batcher = batcher
+        self.key = key
+        self.state = state
+        self.batch = batch
+        self.ident = -1
+        self.reason: StartReason | None = None
+        self.started_at = 0.0
+        self.processing_at: float | None = None
+
+    def run(self) -> Any:
+        return self.batcher._run_batch(self)
+
+
+@final
+class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
     """Collects concurrent :meth:`submit` calls per key into batched ``process`` calls.
 
-    Only :func:`open_batcher` creates a batcher; it is usable inside that
-    ``async with`` block. Share it freely between tasks of the block.
+    Only :func:`open_batcher` creates a batcher (constructing one directly is a
+    :exc:`TypeError`); it is usable inside that ``async with`` block, from the
+    Trio run that opened it. Share it freely between tasks of the block.
     """
 
     __slots__ = (
         "__weakref__",
         "_acquire",
+        "_acquiring",
         "_batch_seconds",
-        "_closed",
         "_context",
+        "_cost",
         "_deadline_margin",
         "_dispatch",
-        "_draining",
-        "_driving",
-        "_idle_runners",
         "_keys",
         "_limits",
         "_name",
         "_nursery",
-        "_pending_runners",
+        "_phase",
         "_policy",
         "_process",
-        "_ready",
-        "_runner_name",
-        "_seq",
-        "_timer_heap",
-        "_timer_scope",
-        "_timer_seq",
-        "_timer_stale",
-        "_timer_task_scope",
-        "_torn_down",
-        "_uses_timer",
+        "_root",
+        "_runners",
+        "_timers",
         "_wait_for_room",
     )
 
@@ -224,62 +287,42 @@ class Batcher(Generic[K, I, O]):
         policy: Policy,
         limits: Limits,
         name: str,
-        observers: Sequence[object],
+        dispatch: Dispatch | None,
+        nursery: trio.Nursery,
+        cost: Callable[[I], float] | None,
     ) -> None:
         self._process = process
         self._acquire = acquire
+        # None without a cost function: submit then never looks at costs.
+        self._cost = cost
         self._policy = policy
         self._limits = limits
         self._name = name
         # None when unobserved: the hot path tests this one attribute.
-        self._dispatch = Dispatch(name, observers) if observers else None
+        self._dispatch = dispatch
+        self._phase = _Phase.OPEN
+        # The run that opened the block: submit from any other is refused.
+        self._root = trio.lowlevel.current_root_task()
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
-        self._keys: dict[K, KeyState[I, _Task]] = {}
-        self._nursery: trio.Nursery | None = None
-        # Started batches not yet taken by a runner, oldest first, each with the
-        # sequence number of its start (0: started by a runner's own step).
-        self._ready: deque[tuple[K, KeyState[I, _Task], Batch[I, _Task], int]] = deque()
-        # Orders starts by other tasks against runners' barriers (see _run_ready).
-        self._seq = 0
-        # Runner tasks parked with nothing to run (most recently parked last).
-        self._idle_runners: list[_Task] = []
-        # Runners woken or spawned that have not yet looked at ``_ready``.
-        self._pending_runners = 0
-        # A runner is inside a step of one of this batcher's batches: it will
-        # look at ``_ready`` before that step ends, so nobody needs waking.
-        self._driving = False
-        self._runner_name = f"trio_batch runner of {name!r}"
-        # Batch tasks run in a copy of the context that entered the block (set
-        # by _open), not in the context of whichever caller started them.
-        self._context = contextvars.Context()
+        self._keys: dict[K, KeyState[I, _Waiter]] = {}
+        self._nursery = nursery
+        # Batches run in copies of the context that entered the block, never in
+        # the context of whichever caller started them.
+        self._context = contextvars.copy_context()
+        self._runners = RunnerPool(nursery, self._context, f"trio_batch runner of {name!r}")
         self._wait_for_room = limits.overflow is Overflow.WAIT
-        # No new submits (draining or closed).
-        self._closed = False
-        # Every queued batch is ready, whatever the policy.
-        self._draining = False
-        # The block was left by an exception or a cancellation: start nothing.
-        self._torn_down = False
+        # Started batches acquiring their resource: withdrawing every item
+        # cancels the scope, so the acquisition stops.
+        self._acquiring: dict[Batch[I, _Waiter], trio.CancelScope] = {}
         self._deadline_margin: float | None = None
         # Deadline awareness: moving average of how long a batch takes from its
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
-        self._uses_timer = False
+        self._timers: Timers[Batch[I, _Waiter], tuple[K, KeyState[I, _Waiter]]] | None = None
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
-            self._uses_timer = (
-                policy.delay_seconds != math.inf or policy.deadline_margin is not None
-            )
-        # Duration timers: a heap of [deadline, sequence, key, key state, batch].
-        # A batch has at most one live entry (``batch.timer``). When the batch
-        # starts, is dropped or its deadline moves, the entry becomes a
-        # tombstone (key, state and batch cleared at once, so nothing of a
-        # forgotten key is kept), and tombstones are swept out of the heap
-        # when they outnumber live entries.
-        self._timer_heap: list[list[Any]] = []
-        self._timer_stale = 0
-        self._timer_scope: trio.CancelScope | None = None
-        self._timer_task_scope: trio.CancelScope | None = None
-        self._timer_seq = itertools.count()
+            if policy.delay_seconds != math.inf or policy.deadline_margin is not None:
+                self._timers = Timers(self._timer_expired)
 
     # -- public ----------------------------------------------------------------
 
@@ -306,15 +349,12 @@ class Batcher(Generic[K, I, O]):
             queued_items=sum(state.queued_items() for state in states),
             processing_batches=sum(state.started for state in states),
             waiting_submits=sum(len(state.overflow) for state in states),
+            queued_cost=sum(state.queued_cost() for state in states),
         )
 
     def __repr__(self) -> str:
-        if self._torn_down or (self._closed and not self._draining):
-            status = "closed"
-        elif self._draining:
-            status = "draining"
-        else:
-            status = "open"
+        phase = self._phase
+        status = "closed" if phase is _Phase.TORN_DOWN else phase.value
         return (
             f"<trio_batch.Batcher {self._name!r} {status}, policy={self._policy!r}, "
             f"active_keys={len(self._keys)}>"
@@ -336,13 +376,18 @@ class Batcher(Generic[K, I, O]):
         :exc:`trio.Cancelled` at once. With ``Limits(overflow=Overflow.WAIT)``, a
         caller waiting for room that is cancelled leaves no trace.
 
+        With ``open_batcher(cost=...)``, ``cost(item)`` is called once, here, in
+        the caller's task, before the item is queued; the item joins the
+        newest batch of its key only if it fits by count and by cost.
+
         Returns:
             The output that ``process`` returned at this item's position (for an
             ``outcome.Value(v)`` output, ``v``).
 
         Raises:
-            Rejected: the key's queue is full (with ``Overflow.REJECT``); the item
-                was not queued.
+            Rejected: the key's queue is full (with ``Overflow.REJECT``), or the
+                item's cost alone exceeds ``max_batch_cost`` (with
+                ``Oversize.REJECT``); the item was not queued.
             BatchFailed: ``process`` (or releasing the resource) raised; the
                 exception is ``__cause__``.
             ItemFailed: ``process`` returned ``outcome.Error(exc)`` for this item;
@@ -350,13 +395,26 @@ class Batcher(Generic[K, I, O]):
             ResourceAcquisitionFailed: entering ``acquire(key)`` raised; the
                 exception is ``__cause__``.
             ProcessorContractError: ``process`` returned the wrong number of
-                outputs, or not a sequence.
+                outputs, or something that cannot be read by position.
             BatcherClosed: the block has exited or is draining, or it was left
                 by an exception or cancellation while this item waited.
-            TypeError: ``key`` is not hashable.
+            TypeError: ``key`` is not hashable, or ``cost(item)`` returned
+                something that is not an ``int`` or ``float``; the item was not
+                queued.
+            ValueError: ``cost(item)`` returned a negative, NaN or infinite
+                number; the item was not queued.
+            Exception: whatever ``cost(item)`` raised, unchanged; the item was
+                not queued.
+            RuntimeError: called from a Trio run other than the one that
+                opened the batcher.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._closed:
+        if trio.lowlevel.current_root_task() is not self._root:
+            raise RuntimeError(
+                f"batcher {self._name!r} belongs to another Trio run; a batcher can "
+                "only be used from the trio.run that opened it"
+            )
+        if self._phase is not _Phase.OPEN:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise BatcherClosed(f"batcher {self._name!r} is closed")
         keys = self._keys
@@ -367,16 +425,21 @@ class Batcher(Generic[K, I, O]):
             raise TypeError(
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
+        if self._cost is not None:
+            return await self._submit_costed(key, item, state)
         if state is None:
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
-        meta = None if dispatch is None else (new_id(), trio.current_time())
         # Waiters for room are ahead of this item (FIFO): it may not jump them.
-        batch = None if state.overflow else state.add(item, task, self._policy, self._limits, meta)
+        if state.overflow:
+            batch = None
+        else:
+            waiter = _Waiter(self, task, key, state)
+            batch = state.add(item, waiter, self._policy, self._limits)
         if batch is None:
             if self._wait_for_room:
-                return await self._wait_in_overflow(key, state, item, task, meta)
+                return await self._wait_for_room_in(key, state, item, task, None)
             self._forget_if_idle(key, state)
             if dispatch is not None:
                 dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
@@ -385,11 +448,13 @@ class Batcher(Generic[K, I, O]):
                 f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
                 f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
             )
+        waiter.batch = batch
         if dispatch is not None:
-            assert meta is not None
-            dispatch.emit("item_accepted", ItemAccepted(self._name, key, meta[0], meta[1]))
+            waiter.item_id = new_id()
+            waiter.accepted_at = now = trio.current_time()
+            dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
         if batch.state == WAITING:
-            if self._uses_timer:
+            if self._timers is not None:
                 self._set_timer(key, state, batch, self._caller_deadline())
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
@@ -399,39 +464,168 @@ class Batcher(Generic[K, I, O]):
                 and state.started < self._limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
-                self._start_ready(key, state, after_finish=False)
+                self._start_batches(key, state, after_finish=False)
+        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._withdraw(key, state, batch, task)
-            return trio.lowlevel.Abort.SUCCEEDED
+    async def _submit_costed(self, key: K, item: I, state: KeyState[I, _Waiter] | None) -> O:
+        """:meth:`submit` with a cost function, from the point where the key is known.
 
-        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+        A separate path, so a batcher without one pays nothing for costs.
+        """
+        assert self._cost is not None
+        limits = self._limits
+        dispatch = self._dispatch
+        try:
+            value: object = self._cost(item)
+        except Exception:
+            # The caller's own error, unchanged; nothing was queued.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        cost: float
+        if type(value) is int or type(value) is float:
+            cost = value
+        elif isinstance(value, int | float) and type(value) is not bool:
+            # A subclass (numpy.float64, an IntEnum): its plain value.
+            cost = float(value) if isinstance(value, float) else int(value)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise TypeError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must "
+                f"return an int or a float (a bool is not a number here), got "
+                f"{type(value).__name__} {safe_repr(value)}; nothing was queued"
+            )
+        if not 0 <= cost < math.inf:  # NaN fails this too
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise ValueError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
+                f"a finite number >= 0, got {cost!r}; nothing was queued"
+            )
+        if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise Rejected(
+                f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
+                f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
+                "not queued (Limits(oversize=Oversize.ALONE) gives such an item a "
+                "batch of its own)"
+            )
+        if state is None:
+            state = self._keys[key] = KeyState()
+        task = trio.lowlevel.current_task()
+        # Waiters for room are ahead of this item (FIFO): it may not jump them,
+        # however cheap it is.
+        if state.overflow:
+            batch = None
+        else:
+            waiter = _Waiter(self, task, key, state)
+            batch = state.add_costed(item, waiter, cost, self._policy, limits)
+        if batch is None:
+            if self._wait_for_room:
+                # It may have closed the newest batch (it counts as full now).
+                if state.waiting and state.started < limits.max_key_concurrency:
+                    self._start_batches(key, state, after_finish=False)
+                return await self._wait_for_room_in(key, state, item, task, cost)
+            self._forget_if_idle(key, state)
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise Rejected(
+                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
+                f"(max_batch_queue_size={limits.max_batch_queue_size})"
+            )
+        waiter.batch = batch
+        if dispatch is not None:
+            waiter.item_id = new_id()
+            waiter.accepted_at = now = trio.current_time()
+            dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
+        if batch.state == WAITING and self._timers is not None:
+            self._set_timer(key, state, batch, self._caller_deadline())
+        # The item's batch, or the batch it closed by not fitting, may be ready.
+        if state.waiting and state.started < limits.max_key_concurrency:
+            self._start_batches(key, state, after_finish=False)
+        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
-    async def _wait_in_overflow(
-        self,
-        key: K,
-        state: KeyState[I, _Task],
-        item: I,
-        task: _Task,
-        meta: tuple[int, float] | None,
+    async def _wait_for_room_in(
+        self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None
     ) -> O:
         """Park a caller until its key has room (``Overflow.WAIT``)."""
-        waiter = _OverflowWaiter(
+        waiter = _RoomWaiter(
+            self,
+            task,
+            key,
+            state,
             self._caller_deadline(),
             None if self._dispatch is None else contextvars.copy_context(),
         )
-        waiter.entry = (item, task, meta, waiter)
-        state.overflow.append(waiter.entry)
+        state.overflow.append((item, waiter, cost))
+        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            if waiter.batch is None:
-                state.overflow.remove(waiter.entry)
-                self._forget_if_idle(key, state)
-            else:
-                self._withdraw(key, state, waiter.batch, task)
-            return trio.lowlevel.Abort.SUCCEEDED
+    # -- parking: withdrawal and admission ---------------------------------------
 
-        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+    @trio.lowlevel.enable_ki_protection
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """A parked caller was cancelled (its ``abort_fn``)."""
+        key, state, batch = waiter.key, waiter.state, waiter.batch
+        if batch is None:
+            # Still waiting for room: it leaves the line, and no trace.
+            if state.leave_overflow(waiter) and state.overflow and self._cost is not None:
+                # With costs, the next in line may fit where this one did not.
+                self._admit(key, state)
+            self._forget_if_idle(key, state)
+            return
+        if batch.state > STARTING:
+            # Processing has begun: the batch carries on, the output is discarded.
+            waiter.task = None
+            return
+        if self._dispatch is not None:
+            now = trio.current_time()
+            self._dispatch.emit(
+                "item_withdrawn",
+                ItemWithdrawn(self._name, key, waiter.item_id, now, now - waiter.accepted_at),
+            )
+        if state.withdraw(batch, waiter):
+            if self._timers is not None:
+                self._timers.cancel(batch)
+            scope = self._acquiring.get(batch)
+            if scope is not None:
+                # Dropped while acquiring: stop it. Its runner's ``finally``
+                # frees the slot.
+                scope.cancel()
+            # A dropped batch may uncover a ready one, or leave the key idle.
+            # (A withdrawal that leaves its batch non-empty cannot make any batch
+            # ready: readiness never depends on a batch shrinking.)
+            if state.overflow:
+                self._admit(key, state)
+            self._start_batches(key, state, after_finish=False)
+            self._forget_if_idle(key, state)
+        elif state.overflow:
+            self._admit(key, state)  # the batch has room again
+
+    def _admit(self, key: K, state: KeyState[I, _Waiter]) -> None:
+        """Move callers waiting for room into batches while there is room."""
+        dispatch = self._dispatch
+        for waiter, batch in state.admit(self._policy, self._limits):
+            assert type(waiter) is _RoomWaiter
+            waiter.batch = batch
+            if dispatch is not None:
+                waiter.item_id = new_id()
+                waiter.accepted_at = now = trio.current_time()
+                event = ItemAccepted(self._name, key, waiter.item_id, now)
+                assert waiter.context is not None
+                waiter.context.run(dispatch.emit, "item_accepted", event)
+            if batch.state == WAITING:
+                if self._timers is not None:
+                    self._set_timer(key, state, batch, waiter.deadline)
+                self._start_batches(key, state, after_finish=False)
+        if self._cost is not None and state.overflow and state.waiting:
+            # The first still waiting may have closed the newest batch by not
+            # fitting it: that batch counts as full now.
+            self._start_batches(key, state, after_finish=False)
+
+    def _forget_if_idle(self, key: K, state: KeyState[I, _Waiter]) -> None:
+        if state.is_idle() and self._keys.get(key) is state:
+            del self._keys[key]
 
     # -- scheduling ------------------------------------------------------------
 
@@ -447,187 +641,42 @@ class Batcher(Generic[K, I, O]):
             return math.inf
         return trio.current_effective_deadline() - margin - (self._batch_seconds or 0.0)
 
-    def _start_ready(self, key: K, state: KeyState[I, _Task], *, after_finish: bool) -> None:
-        """Start every batch of ``key`` that may start now, and see that a runner will take it."""
-        if self._torn_down:
+    def _start_batches(self, key: K, state: KeyState[I, _Waiter], *, after_finish: bool) -> None:
+        """Start every batch of ``key`` that may start now, and hand it to a runner."""
+        phase = self._phase
+        if phase is _Phase.TORN_DOWN or phase is _Phase.CLOSED:
             return
         started_before = state.started
-        started = state.start_ready(
-            self._policy, self._limits, after_finish=after_finish, draining=self._draining
+        started = state.start_allowed(
+            self._policy,
+            self._limits,
+            after_finish=after_finish,
+            draining=phase is _Phase.DRAINING,
         )
         if not started:
             return
-        ready = self._ready
-        if self._driving:
-            seq = 0  # the runner whose step this is takes it, or hands it over
-        else:
-            self._seq += 1
-            seq = self._seq
-        for index, batch in enumerate(started):
-            if batch.timer is not None:
-                self._cancel_timer(batch)
-            if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
-                self._note_start(key, batch, started_before + index, after_finish and not index)
-            ready.append((key, state, batch, seq))
-        if not self._pending_runners and not self._driving:
-            self._add_runner()
+        runs = [_Run(self, key, state, batch) for batch in started]
+        if self._timers is not None:
+            for batch in started:
+                self._timers.cancel(batch)
+        if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
+            for index, run in enumerate(runs):
+                self._note_start(run, started_before + index, after_finish and not index)
+        self._runners.put(runs)
 
-    # -- runners ---------------------------------------------------------------
-
-    def _add_runner(self) -> None:
-        """Wake an idle runner, or spawn one, to take what is in ``_ready``."""
-        if self._idle_runners:
-            self._wake_runner(self._idle_runners.pop())
-        else:
-            self._pending_runners += 1
-            self._seq += 1
-            # In the block's context: a task copies the context it is spawned in.
-            self._context.run(self._spawn_runner, self._seq)
-
-    def _wake_runner(self, task: _Task) -> None:
-        """Reschedule an idle runner, with a barrier later than every start so far."""
-        self._pending_runners += 1
-        self._seq += 1
-        trio.lowlevel.reschedule(task, outcome.Value(self._seq))
-
-    def _spawn_runner(self, barrier: int) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_ready, barrier, name=self._runner_name)
-
-    async def _run_ready(self, barrier: int) -> None:
-        """A runner: run started batches one after another, park when there are none.
-
-        A batch that never blocks (its ``process`` returns without waiting)
-        costs no task switch at all: the runner goes straight on to the next.
-        A batch that blocks hands what is left over to other runners first
-        (see :meth:`_drive`), so keys never wait for each other's batches.
-
-        A batch started by another task must go on filling until Trio's next
-        scheduling round: the SPEC promises that items submitted in the same
-        round as the one that started it still join it. A runner woken (or
-        spawned) after the start runs in a later round, so it may take the
-        batch at once; ``barrier`` is the sequence number of this runner's
-        wake. A batch started after it (it may be in the current round) makes
-        the runner yield once, with a new barrier, before taking it.
-        """
-        ready = self._ready
-        idle = self._idle_runners
-        task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            idle.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        while True:
-            self._pending_runners -= 1
-            while ready:
-                if ready[0][3] > barrier:
-                    # Still looking at the queue, as a pending runner would.
-                    self._pending_runners += 1
-                    self._seq += 1
-                    barrier = self._seq
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    self._pending_runners -= 1
-                    continue
-                key, state, batch, _ = ready.popleft()
-                await self._drive(self._run_batch(key, state, batch))
-                # Keep nothing of a key that may be forgotten while this runner is idle.
-                key = state = batch = None  # type: ignore[assignment]
-            if self._draining or len(idle) >= _MAX_IDLE_RUNNERS:
-                return  # nothing will be started that needs this runner
-            idle.append(task)
-            barrier = await trio.lowlevel.wait_task_rescheduled(abort)
-
-    @types.coroutine
-    def _drive(self, coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, None]:
-        """Run one batch's coroutine in the runner's task, in a context of its own.
-
-        Each batch gets a fresh copy of the block's context, as if it had a task
-        of its own: a context variable set by one batch (or by an observer for
-        it) is never seen by another. Every time the batch blocks, batches
-        still in ``_ready`` are handed to other runners, so no batch waits for
-        another to finish before it can begin.
-        """
-        run = self._context.copy().run
-        send: Callable[[Any], Any] = coro.send
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            self._driving = True
-            try:
-                trap = run(send, value) if error is None else run(coro.throw, error)
-            except StopIteration:
-                return
-            finally:
-                self._driving = False
-                error = None  # no cycle through this frame's traceback
-            ready = self._ready
-            if ready and self._pending_runners < len(ready) and not self._torn_down:
-                for _ in range(len(ready) - self._pending_runners):
-                    self._add_runner()
-            try:
-                value = yield trap
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                error = exc
-            else:
-                error = None
-
-    def _admit(self, key: K, state: KeyState[I, _Task]) -> None:
-        """Move callers waiting for room into batches while there is room."""
-        for waiter, batch in state.admit(self._policy, self._limits):
-            waiter.batch = batch
-            if self._dispatch is not None and waiter.context is not None:
-                item_id = batch.meta[-1][0]
-                event = ItemAccepted(self._name, key, item_id, trio.current_time())
-                waiter.context.run(self._dispatch.emit, "item_accepted", event)
-            if batch.state == WAITING:
-                if self._uses_timer:
-                    self._set_timer(key, state, batch, waiter.deadline)
-                self._start_ready(key, state, after_finish=False)
-
-    def _forget_if_idle(self, key: K, state: KeyState[I, _Task]) -> None:
-        if state.is_idle() and self._keys.get(key) is state:
-            del self._keys[key]
-
-    @trio.lowlevel.enable_ki_protection
-    def _withdraw(
-        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], task: _Task
-    ) -> None:
-        """A parked caller was cancelled (its ``abort_fn``)."""
-        if batch.state > STARTING:
-            # Processing has begun: the batch carries on, the output is discarded.
-            state.abandon(batch, task)
-            return
-        if self._dispatch is not None:
-            item_id, accepted_at = batch.meta[batch.waiters.index(task)]
-            now = trio.current_time()
-            self._dispatch.emit(
-                "item_withdrawn", ItemWithdrawn(self._name, key, item_id, now, now - accepted_at)
-            )
-        if state.withdraw(batch, task):
-            if batch.timer is not None:
-                self._cancel_timer(batch)
-            if batch.scope is not None:
-                # Dropped while started: stop its acquisition. Its runner's
-                # ``finally`` frees the slot.
-                batch.scope.cancel()
-            # A dropped batch may uncover a ready one, or leave the key idle.
-            # (A withdrawal that leaves its batch non-empty cannot make any batch
-            # ready: readiness never depends on a batch shrinking.)
-            if state.overflow:
-                self._admit(key, state)
-            self._start_ready(key, state, after_finish=False)
-            self._forget_if_idle(key, state)
-        elif state.overflow:
-            self._admit(key, state)  # the batch has room again
+    # -- Duration timers ---------------------------------------------------------
 
     def _set_timer(
-        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task], caller_deadline: float
+        self,
+        key: K,
+        state: KeyState[I, _Waiter],
+        batch: Batch[I, _Waiter],
+        caller_deadline: float,
     ) -> None:
         """Give a new batch its timer, or move a batch's timer earlier for a caller."""
+        assert self._timers is not None
+        if batch.expired:
+            return  # already ready: no deadline can make it more so
         if batch.deadline == math.inf:
             # No timer yet: the batch is new (several waiters admitted at once
             # may have filled it already), and its timer starts now.
@@ -641,338 +690,274 @@ class Batcher(Generic[K, I, O]):
         elif deadline == batch.deadline:
             return  # unchanged (also: no delay and no caller deadline, both inf)
         batch.deadline = deadline
-        self._cancel_timer(batch)
-        entry = [deadline, next(self._timer_seq), key, state, batch]
-        batch.timer = entry
-        heapq.heappush(self._timer_heap, entry)
-        scope = self._timer_scope
-        if scope is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        self._timers.set(batch, deadline, (key, state))
 
-    def _cancel_timer(self, batch: Batch[I, _Task]) -> None:
-        """Turn the batch's timer entry (if any) into a tombstone."""
-        entry = batch.timer
-        if entry is None:
-            return
-        batch.timer = None
-        entry[2] = entry[3] = entry[4] = None
-        self._timer_stale += 1
-        heap = self._timer_heap
-        if self._timer_stale > len(heap) // 2:
-            heap[:] = [live for live in heap if live[4] is not None]
-            heapq.heapify(heap)
-            self._timer_stale = 0
-
-    async def _run_timers(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        """Expire Duration timers. One task for the whole batcher."""
-        heap = self._timer_heap
-        with trio.CancelScope() as outer:
-            task_status.started(outer)
-            while True:
-                now = trio.current_time()
-                while heap and heap[0][0] <= now:
-                    _, _, key, state, batch = heapq.heappop(heap)
-                    # A timer belongs to one batch: once that batch has started
-                    # or been dropped, or its timer moved, the entry is a
-                    # tombstone and does nothing.
-                    if batch is None:
-                        self._timer_stale -= 1
-                        continue
-                    batch.timer = None
-                    batch.expired = True
-                    if state.started < self._limits.max_key_concurrency:
-                        self._start_ready(key, state, after_finish=False)
-                    # Keep no reference to a key that may soon be forgotten.
-                    key = state = batch = None
-                with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
-                    self._timer_scope = scope
-                    await trio.sleep_forever()
+    def _timer_expired(
+        self, batch: Batch[I, _Waiter], target: tuple[K, KeyState[I, _Waiter]]
+    ) -> None:
+        """A batch's timer fired (it is still waiting: started batches have none)."""
+        batch.expired = True
+        key, state = target
+        if state.started < self._limits.max_key_concurrency:
+            self._start_batches(key, state, after_finish=False)
 
     # -- running a batch -------------------------------------------------------
 
-    def _begin_processing(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> bool:
+    def _where(self, run: _Run) -> str:
+        return (
+            f"batcher {self._name!r}, key {_key_repr.repr(run.key)}, "
+            f"batch of {len(run.batch.inputs)}"
+        )
+
+    def _begin_processing(self, run: _Run) -> bool:
         """Take the batch out of the queue (no item joins or leaves it after this)."""
-        if not state.begin_processing(batch):
+        if not run.state.begin_processing(run.batch):
             return False
         if self._dispatch is not None:
-            batch.processing_at = trio.current_time()
-        if state.overflow:
-            self._admit(key, state)
+            run.processing_at = trio.current_time()
+        if run.state.overflow:
+            self._admit(run.key, run.state)
         return True
 
-    async def _run_batch(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
-        """Acquire, process and deliver one started batch; always frees its slot."""
-        result: Sequence[Any] | _Failure | None = None
+    async def _run_batch(self, run: _Run) -> None:
+        """Acquire, process and read the outputs of one started batch; always end it."""
+        result: list[Any] | Failure | None = None
         # Left by an exception (teardown's Cancelled, or a BaseException from user
         # code): the block is going away, so this task starts nothing new.
         unwinding = True
-        timed = self._deadline_margin is not None
-        began = trio.current_time() if timed else 0.0
+        began = trio.current_time() if self._deadline_margin is not None else 0.0
         if self._dispatch is not None:
-            self._observe_start(key, batch)
+            self._observe_start(run)
         try:
             # A batch started while the block is being cancelled must not begin.
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._acquire is not None:
-                result = await self._acquire_and_process(key, state, batch)
-            elif self._begin_processing(key, state, batch):
+                result = await self._acquire_and_process(run)
+            elif self._begin_processing(run):
                 try:
-                    result = await self._call_process(key, batch.inputs, ())
+                    result = await self._call_process(run, ())
                 except Exception as exc:
-                    result = self._failure(BatchFailed, key, batch, exc)
+                    result = self._failed(BatchFailed, run, exc)
             unwinding = False
+        except BaseExceptionGroup as group:
+            _raise_cancellation_of(group, self._where(run))
         finally:
-            self._finish_batch(key, state, batch, result, unwinding, began)
+            self._finish(run, result, unwinding, began)
+
+    async def _acquire_and_process(self, run: _Run) -> list[Any] | Failure | None:
+        assert self._acquire is not None
+        batch = run.batch
+        if batch.state != STARTING:
+            return None  # dropped before a runner took it
+        processing = False
+        outputs: list[Any] | Failure | None = None
+        process_error: Exception | None = None
+        try:
+            with trio.CancelScope() as scope:
+                # Withdrawing every item cancels this scope: acquisition stops.
+                self._acquiring[batch] = scope
+                try:
+                    async with self._acquire(run.key) as resource:
+                        del self._acquiring[batch]
+                        if not self._begin_processing(run):
+                            return None  # dropped while acquiring: release, no process
+                        processing = True
+                        try:
+                            outputs = await self._call_process(run, (resource,))
+                        except Exception as exc:
+                            process_error = exc
+                            raise
+                finally:
+                    self._acquiring.pop(batch, None)
+        except Exception as exc:
+            if not processing:
+                return self._failed(ResourceAcquisitionFailed, run, exc)
+            return self._failed(BatchFailed, run, exc)
+        if process_error is not None:
+            # The resource's context manager swallowed process's exception.
+            return self._failed(BatchFailed, run, process_error)
+        return outputs
+
+    async def _call_process(self, run: _Run, extra: tuple[Any, ...]) -> list[Any] | Failure:
+        """Call ``process`` and read its outputs; a broken contract is a Failure."""
+        inputs = run.batch.inputs
+        awaitable: Any = self._process(run.key, inputs, *extra)
+        if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
+            return contract_failure(
+                ContractViolation(
+                    f"process must be an async function, but it returned "
+                    f"{type(awaitable).__name__}; run blocking work with "
+                    "trio.to_thread.run_sync inside an async process"
+                ),
+                self._where(run),
+            )
+        outputs = await awaitable
+        try:
+            return read_outputs(outputs, len(inputs))
+        except ContractViolation as violation:
+            return contract_failure(violation, self._where(run))
+
+    def _failed(self, error_type: type[BatchError], run: _Run, exc: Exception) -> Failure:
+        what = "acquire raised" if error_type is ResourceAcquisitionFailed else "process raised"
+        return Failure(error_type, f"{what} {describe(exc)} ({self._where(run)})", exc)
 
     @trio.lowlevel.enable_ki_protection
-    def _finish_batch(
-        self,
-        key: K,
-        state: KeyState[I, _Task],
-        batch: Batch[I, _Task],
-        result: Sequence[Any] | _Failure | None,
-        unwinding: bool,
-        began: float,
+    def _finish(
+        self, run: _Run, result: list[Any] | Failure | None, unwinding: bool, began: float
     ) -> None:
         """Free the batch's slot, deliver its outcomes, and start what may now start.
 
-        Protected from KeyboardInterrupt: between freeing the slot and delivering,
-        the batch is in no queue, so an interrupt there would leave its callers
-        without an outcome.
+        Total and protected from KeyboardInterrupt: between freeing the slot and
+        delivering, the batch is in no queue, so nothing here may fail or be
+        interrupted. The only user code that runs here is observers, which
+        ``Dispatch`` guards, after every caller has its outcome.
         """
+        key, state, batch = run.key, run.state, run.batch
         waiters = state.finish(batch)
         if result is None:
             # Cancelled by teardown, or crashed with a BaseException (or dropped,
             # in which case there is nobody left to tell).
-            result = _Failure(
+            result = Failure(
                 BatcherClosed,
                 f"batcher {self._name!r} was closed before the batch completed",
                 None,
             )
-        failed_items = self._deliver(waiters, result)
-        if self._deadline_margin is not None and batch.inputs and type(result) is not _Failure:
+        failed_items = deliver(waiters, result)
+        if self._deadline_margin is not None and batch.inputs and type(result) is not Failure:
             elapsed = trio.current_time() - began
             average = self._batch_seconds
             self._batch_seconds = (
                 elapsed if average is None else average + _EWMA_WEIGHT * (elapsed - average)
             )
         if self._dispatch is not None:
-            self._observe_finish(key, batch, waiters, result, failed_items)
-        if type(result) is _Failure and result.error_type is not BatcherClosed:
+            self._observe_finish(run, waiters, result, failed_items)
+        if type(result) is Failure and result.error_type is not BatcherClosed:
             logger.warning("%s", result.message)
         if state.overflow:
             self._admit(key, state)
         if not unwinding and state.waiting:
-            self._start_ready(key, state, after_finish=True)
+            self._start_batches(key, state, after_finish=True)
         self._forget_if_idle(key, state)
-
-    async def _acquire_and_process(
-        self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]
-    ) -> Sequence[Any] | _Failure | None:
-        assert self._acquire is not None
-        if batch.state != STARTING:
-            return None  # dropped before a runner took it
-        processing = False
-        outputs: Sequence[Any] | None = None
-        process_error: Exception | None = None
-        try:
-            with trio.CancelScope() as scope:
-                # Withdrawing every item cancels this scope: acquisition stops.
-                batch.scope = scope
-                async with self._acquire(key) as resource:
-                    batch.scope = None
-                    if not self._begin_processing(key, state, batch):
-                        return None  # dropped while acquiring: release, no process
-                    processing = True
-                    try:
-                        outputs = await self._call_process(key, batch.inputs, (resource,))
-                    except Exception as exc:
-                        process_error = exc
-                        raise
-        except Exception as exc:
-            if not processing:
-                return self._failure(ResourceAcquisitionFailed, key, batch, exc)
-            return self._failure(BatchFailed, key, batch, exc)
-        if process_error is not None:
-            # The resource's context manager swallowed process's exception.
-            return self._failure(BatchFailed, key, batch, process_error)
-        return outputs
-
-    async def _call_process(self, key: K, inputs: list[I], extra: tuple[Any, ...]) -> Sequence[Any]:
-        expected = len(inputs)
-        awaitable = self._process(key, inputs, *extra)
-        if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
-            raise _ContractViolation(
-                f"process must be an async function, but it returned {type(awaitable).__name__}; "
-                "run blocking work with trio.to_thread.run_sync inside an async process"
-            )
-        return _check_outputs(await awaitable, expected)
-
-    def _failure(
-        self, error_type: type[BatchError], key: K, batch: Batch[I, _Task], exc: Exception
-    ) -> _Failure:
-        where = f"batcher {self._name!r}, key {_key_repr.repr(key)}, batch of {len(batch.inputs)}"
-        if isinstance(exc, _ContractViolation):
-            return _Failure(ProcessorContractError, f"{exc} ({where})", None)
-        what = "acquire raised" if error_type is ResourceAcquisitionFailed else "process raised"
-        return _Failure(error_type, f"{what} {type(exc).__name__}: {exc} ({where})", exc)
-
-    @staticmethod
-    def _deliver(waiters: list[_Task | None], result: Sequence[Any] | _Failure) -> int:
-        """Reschedule every waiting caller with its outcome; return items failed alone."""
-        reschedule = trio.lowlevel.reschedule
-        Value = outcome.Value
-        if type(result) is _Failure:
-            for task in waiters:
-                if task is not None:
-                    reschedule(task, outcome.Error(result.new_error()))
-            return 0
-        failed = 0
-        for task, output in zip(waiters, result, strict=True):
-            kind = type(output)
-            if kind is Value:
-                output = output.value
-            elif kind is outcome.Error:
-                failed += 1
-                if task is not None:
-                    error = ItemFailed(f"process failed this item: {output.error!r}")
-                    error.__cause__ = output.error
-                    reschedule(task, outcome.Error(error))
-                continue
-            if task is not None:
-                reschedule(task, Value(output))
-        return failed
 
     # -- observation -------------------------------------------------------------
 
-    def _note_start(self, key: K, batch: Batch[I, _Task], started: int, after_finish: bool) -> None:
+    def _note_start(self, run: _Run, started: int, after_finish: bool) -> None:
         """Record why and when a batch started (for observers and the debug log)."""
-        reason = start_reason(self._policy, batch, started=started, after_finish=after_finish)
-        batch.reason = reason
-        batch.ident = new_id()
-        batch.started_at = trio.current_time()
+        reason = start_reason(self._policy, run.batch, started=started, after_finish=after_finish)
+        run.reason = reason
+        run.ident = new_id()
+        run.started_at = trio.current_time()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "batcher %r: batch of %d for key %s started (%s)",
                 self._name,
-                len(batch.inputs),
-                _key_repr.repr(key),
+                len(run.batch.inputs),
+                _key_repr.repr(run.key),
                 reason.value,
             )
 
-    def _observe_start(self, key: K, batch: Batch[I, _Task]) -> None:
+    def _observe_start(self, run: _Run) -> None:
         assert self._dispatch is not None
+        assert run.reason is not None
+        batch = run.batch
         self._dispatch.emit(
             "batch_started",
             BatchStarted(
                 self._name,
-                key,
-                batch.ident,
+                run.key,
+                run.ident,
                 len(batch.inputs),
-                batch.reason,
-                tuple(item_id for item_id, _ in batch.meta),
-                batch.started_at,
+                run.reason,
+                tuple(waiter.item_id for waiter in batch.waiters),
+                run.started_at,
+                None if self._cost is None else batch.cost,
             ),
         )
 
     def _observe_finish(
-        self,
-        key: K,
-        batch: Batch[I, _Task],
-        waiters: list[_Task | None],
-        result: Sequence[Any] | _Failure,
-        failed_items: int,
+        self, run: _Run, waiters: list[_Waiter], result: list[Any] | Failure, failed_items: int
     ) -> None:
         assert self._dispatch is not None
         now = trio.current_time()
-        processed = batch.processing_at is not None
-        began = batch.processing_at if batch.processing_at is not None else now
-        if batch.reason is None:
+        processed = run.processing_at is not None
+        began = run.processing_at if run.processing_at is not None else now
+        if run.reason is None:
             # Never started: closed with the block.
-            batch.ident = new_id()
-            batch.started_at = now
-        status = _OUTCOMES[result.error_type] if type(result) is _Failure else BatchOutcome.OK
+            run.ident = new_id()
+            run.started_at = now
+        status = _OUTCOMES[result.error_type] if type(result) is Failure else BatchOutcome.OK
         self._dispatch.emit(
             "batch_finished",
             BatchFinished(
                 batcher=self._name,
-                key=key,
-                batch_id=batch.ident,
-                size=len(batch.inputs) if processed else 0,
-                reason=batch.reason,
-                item_ids=tuple(item_id for item_id, _ in batch.meta),
-                queue_waits=tuple(began - accepted for _, accepted in batch.meta),
-                acquire_seconds=began - batch.started_at,
+                key=run.key,
+                batch_id=run.ident,
+                size=len(run.batch.inputs) if processed else 0,
+                reason=run.reason,
+                item_ids=tuple(waiter.item_id for waiter in waiters),
+                queue_waits=tuple(began - waiter.accepted_at for waiter in waiters),
+                acquire_seconds=began - run.started_at,
                 process_seconds=now - began,
                 outcome=status,
                 failed_items=failed_items,
-                abandoned=waiters.count(None) if processed else 0,
+                abandoned=sum(waiter.task is None for waiter in waiters) if processed else 0,
                 time=now,
+                cost=None if self._cost is None else (run.batch.cost if processed else 0),
             ),
         )
 
     # -- the block ---------------------------------------------------------------
 
+    def _move_to(self, phase: _Phase) -> None:
+        if phase not in _NEXT_PHASES[self._phase]:
+            raise AssertionError(f"batcher {self._name!r}: {self._phase} cannot become {phase}")
+        self._phase = phase
+
     def _begin_drain(self) -> None:
         """The body returned: refuse new items, make every queued batch ready."""
-        self._closed = True
-        self._draining = True
-        self._stop_timers()
+        self._move_to(_Phase.DRAINING)
+        if self._timers is not None:
+            self._timers.stop()
         for key, state in list(self._keys.items()):
-            self._start_ready(key, state, after_finish=False)
-        # Idle runners exit: from now on a runner with nothing to run returns.
-        while self._idle_runners:
-            self._wake_runner(self._idle_runners.pop())
-
-    def _stop_timers(self) -> None:
-        self._timer_heap.clear()
-        self._timer_stale = 0
-        self._uses_timer = False
-        if self._timer_task_scope is not None:
-            self._timer_task_scope.cancel()
+            self._start_batches(key, state, after_finish=False)
+        # From now on a runner with nothing to run exits.
+        self._runners.exit_when_idle()
 
     def _tear_down(self) -> None:
         """The body raised or was cancelled: cancel every batch task now."""
-        self._closed = True
-        self._torn_down = True
-        assert self._nursery is not None
+        self._move_to(_Phase.TORN_DOWN)
+        self._runners.stop()
         self._nursery.cancel_scope.cancel()
-
-    def _close_untaken(self, key: K, state: KeyState[I, _Task], batch: Batch[I, _Task]) -> None:
-        """End a started batch that no runner took: as if its task had been cancelled."""
-        if self._dispatch is not None:
-            self._observe_start(key, batch)
-        self._finish_batch(key, state, batch, None, True, 0.0)
 
     def _close(self) -> None:
         """After the nursery: anyone still parked gets :exc:`BatcherClosed`."""
-        self._closed = True
-        self._torn_down = True
-        self._draining = False
-        # Started batches no runner took before the nursery was cancelled.
-        ready = self._ready
-        while ready:
-            key, state, batch, _ = ready.popleft()
-            self._context.copy().run(self._close_untaken, key, state, batch)
+        if self._phase is _Phase.CLOSED:
+            return
+        self._move_to(_Phase.CLOSED)
+        self._runners.stop()
+        # Started batches no runner took before the nursery was cancelled: end
+        # each as if its task had been cancelled.
+        for job in self._runners.untaken():
+            assert type(job) is _Run
+            self._context.copy().run(self._close_untaken, job)
         keys = self._keys
         self._keys = {}
-        closed = _Failure(BatcherClosed, f"batcher {self._name!r} was closed", None)
+        closed = Failure(BatcherClosed, f"batcher {self._name!r} was closed", None)
         for key, state in keys.items():
             for batch in state.queued_batches():
-                self._deliver(batch.waiters, closed)
+                deliver(batch.waiters, closed)
                 if self._dispatch is not None:
-                    self._observe_finish(key, batch, batch.waiters, closed, 0)
+                    self._observe_finish(_Run(self, key, state, batch), batch.waiters, closed, 0)
                 batch.waiters = []
                 batch.inputs = []
-            self._deliver([task for _, task, _, _ in state.overflow], closed)
+            deliver([waiter for _, waiter, _ in state.overflow], closed)
             state.overflow.clear()
 
+    def _close_untaken(self, run: _Run) -> None:
+        if self._dispatch is not None:
+            self._observe_start(run)
+        self._finish(run, None, True, 0.0)
 
-#: Weight of the newest batch in the moving average of batch durations.
-_EWMA_WEIGHT = 0.2
-
-#: Idle runner tasks a batcher keeps parked for the next batches; more exit.
-_MAX_IDLE_RUNNERS = 16
 
 _OUTCOMES = {
     BatchFailed: BatchOutcome.FAILED,
@@ -980,6 +965,32 @@ _OUTCOMES = {
     ResourceAcquisitionFailed: BatchOutcome.ACQUIRE_FAILED,
     BatcherClosed: BatchOutcome.CANCELLED,
 }
+
+
+def _raise_cancellation_of(group: BaseExceptionGroup[BaseException], where: str) -> NoReturn:
+    """A batch was cancelled (teardown) and its own cleanup raised as well.
+
+    ``process`` (or ``acquire``) with a nursery of its own, cancelled by
+    teardown, can end with a group of ``Cancelled`` plus an error one of its
+    tasks raised while cleaning up. The error must not replace the body's
+    exception, nor turn an outer cancellation into an error: it is logged at
+    WARNING and the cancellation alone goes on. A group holding anything else
+    that is not an ``Exception`` (KeyboardInterrupt) is never swallowed.
+    """
+    cancelled, rest = group.split(trio.Cancelled)
+    if cancelled is None or rest is None:
+        raise group
+    errors, others = rest.split(Exception)
+    if others is not None:
+        raise group
+    logger.warning(
+        "%s: error while the batch was being cancelled: %s",
+        where,
+        describe(errors) if errors is not None else "",
+        exc_info=errors,
+    )
+    del errors, rest
+    raise cancelled
 
 
 @overload
@@ -991,6 +1002,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -1003,6 +1015,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -1014,6 +1027,7 @@ def open_batcher(
     limits: Limits = Limits(),  # noqa: B008 - frozen value, safe to share
     name: str = "batcher",
     observers: Iterable[Observer] = (),
+    cost: Callable[[Any], float] | None = None,
 ) -> AbstractAsyncContextManager[Batcher[Any, Any, O]]:
     """Open a batcher whose tasks live inside the ``async with`` block.
 
@@ -1037,9 +1051,24 @@ def open_batcher(
             :class:`Duration` or :class:`Balanced`.
         limits: a :class:`Limits` value.
         name: used in logs, error messages, metrics and ``repr``.
-        observers: objects implementing any of the :class:`Observer` hooks;
-            each receives an event for every decision the batcher makes. With
-            none (the default), observation costs nothing.
+        observers: objects implementing any of the :class:`Observer` hooks
+            (plain functions, not coroutines); each receives an event for every
+            decision the batcher makes. With none (the default), observation
+            costs nothing.
+        cost: optional ``(item) -> int | float``, the cost of an item (its
+            tokens, bytes, rows), called once per item inside
+            :meth:`~Batcher.submit`, in the caller's task, before the item is
+            queued. It must return a finite ``int`` or ``float`` >= 0 (``bool``
+            is not a number here); if it raises, ``submit`` raises that
+            exception unchanged, and if it returns anything else, ``submit``
+            raises :exc:`TypeError` or :exc:`ValueError`; either way nothing is
+            queued and the batcher goes on. ``Limits(max_batch_cost=...)``
+            bounds a batch's total cost: an item joins the newest batch only
+            if it fits by count and by cost, and ``Limits(oversize=...)`` says
+            what happens to an item whose cost alone exceeds the bound.
+            Without ``max_batch_cost``, costs are only reported (observers,
+            :meth:`~Batcher.statistics`). ``None`` (the default): no costs,
+            at no cost.
 
     Leaving the block is shutdown. If the body returns normally, the batcher
     *drains*: new :meth:`~Batcher.submit` calls raise :exc:`BatcherClosed`,
@@ -1050,10 +1079,15 @@ def open_batcher(
     cancelled at once, callers still waiting get :exc:`BatcherClosed`, and the
     body's exception propagates as itself, not wrapped in an exception group.
 
+    A batcher belongs to the Trio run that opened it: :meth:`~Batcher.submit`
+    from another run raises :exc:`RuntimeError`.
+
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type (an observer hook that is an
+            ``async def`` function included: hooks are synchronous).
         ValueError: ``policy`` cannot work within ``limits`` (``Balanced``
-            with ``min_size_hint > max_batch_size``).
+            with ``min_size_hint > max_batch_size``), or ``limits`` has a
+            ``max_batch_cost`` but there is no ``cost`` function.
     """
     if not callable(process):
         raise TypeError(f"process must be an async callable, got {process!r}")
@@ -1071,20 +1105,43 @@ def open_batcher(
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     check_compatible(policy, limits)
+    if cost is not None and not callable(cost):
+        raise TypeError(f"cost must be None or a callable (item) -> int | float, got {cost!r}")
+    if cost is None and limits.max_batch_cost is not None:
+        raise ValueError(
+            f"max_batch_cost={limits.max_batch_cost!r} needs a cost function: pass "
+            "open_batcher(cost=...), or leave max_batch_cost=None (there is nothing to bound)"
+        )
     if not isinstance(observers, Iterable):
         raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
-    return _open(Batcher(process, acquire, policy, limits, name, tuple(observers)))
+    observers = tuple(observers)
+    # None when unobserved: the hot path tests this one attribute.
+    dispatch = Dispatch(name, observers) if observers else None
+    return _open(process, acquire, policy, limits, name, dispatch, cost)
 
 
 @asynccontextmanager
-async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
+async def _open(
+    process: Callable[..., Awaitable[Sequence[O]]],
+    acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
+    policy: Policy,
+    limits: Limits,
+    name: str,
+    dispatch: Dispatch | None,
+    cost: Callable[[Any], float] | None,
+) -> AsyncIterator[Batcher[K, Any, O]]:
     body_error: BaseException | None = None
+    created: Batcher[K, Any, O] | None = None
     try:
         async with trio.open_nursery() as nursery:
-            batcher._nursery = nursery
-            batcher._context = contextvars.copy_context()
-            if batcher._uses_timer:
-                batcher._timer_task_scope = await nursery.start(batcher._run_timers)
+            # Built once its nursery exists: no field is None "until later".
+            batcher: Batcher[K, Any, O] = cast(
+                "Batcher[K, Any, O]",
+                Batcher._create(process, acquire, policy, limits, name, dispatch, nursery, cost),
+            )
+            created = batcher
+            if batcher._timers is not None:
+                await nursery.start(batcher._timers.run)
             try:
                 yield batcher
             except BaseException as exc:
@@ -1105,7 +1162,8 @@ async def _open(batcher: Batcher[K, I, O]) -> AsyncIterator[Batcher[K, I, O]]:
             _reraise(group.exceptions[0])
         raise
     finally:
-        batcher._close()
+        if created is not None:
+            created._close()
     if body_error is not None:
         raise body_error
 

@@ -11,8 +11,8 @@ Shape of a key::
     waiting:  deque of batches that have not started      (oldest first)
     starting: list of batches started but not processing  (oldest first)
     started:  number of started batches (starting + processing)
-    overflow: deque of (item, waiter, meta, tag[, cost]) that found no room,
-              with Overflow.WAIT (oldest first)
+    overflow: deque of (item, waiter, cost) that found no room, with
+              Overflow.WAIT (oldest first); cost is None without a cost function
 
 The spec's *queue* is ``starting + waiting``: a batch leaves it when its
 ``process`` call begins (or it is dropped), not when it starts. Because batches
@@ -45,18 +45,24 @@ Invariants (checked by the state machine):
   (:meth:`KeyState.admit` is called after every change that can make room)
 * a key whose queue and overflow are empty and whose ``started`` is 0 is
   *idle* and must be forgotten by its owner at once (``is_idle``).
+
+Waiters are whatever the owner uses to stand for a parked caller, and are
+always found by identity, never by ``==``: items (and so anything that
+compares them) may have any equality, such as numpy's elementwise one.
+
+A :class:`Batch` holds queue facts only (inputs, waiters, life-cycle state and
+the readiness facts a policy reads). What only the batcher needs while a batch
+runs (its cancel scope, its timer, the ids and times observers see) lives in
+the batcher's own records.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._policies import Limits, Overflow, Policy, rejects_when_full
-
-if TYPE_CHECKING:
-    import trio
 
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
@@ -72,9 +78,8 @@ DONE = 3  # finished, failed, or dropped; out of the queue
 class Batch(Generic[I, W]):
     """A group of items of one key that will be passed to one ``process`` call.
 
-    ``inputs[i]`` was submitted by the caller parked as ``waiters[i]``. Once the
-    batch is processing, a waiter that gave up is replaced by ``None`` so that
-    the output positions stay aligned with ``inputs``.
+    ``inputs[i]`` was submitted by the caller parked as ``waiters[i]``; the two
+    lists stay aligned (a withdrawal removes from both).
     """
 
     __slots__ = (
@@ -84,21 +89,14 @@ class Batch(Generic[I, W]):
         "early",
         "expired",
         "filled",
-        "ident",
         "inputs",
-        "meta",
-        "processing_at",
-        "reason",
-        "scope",
-        "started_at",
         "state",
-        "timer",
         "waiters",
     )
 
     def __init__(self) -> None:
         self.inputs: list[I] = []
-        self.waiters: list[W | None] = []
+        self.waiters: list[W] = []
         self.state = WAITING
         #: Has been full at some point (sticky): held ``max_batch_size`` items,
         #: or its cost reached ``max_batch_cost``, or an item that did not fit
@@ -112,19 +110,8 @@ class Batch(Generic[I, W]):
         self.expired = False
         #: When its Duration timer fires (set by the batcher; inf without one).
         self.deadline = float("inf")
-        #: The batcher's live timer entry for this batch, if any.
-        self.timer: list[Any] | None = None
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
-        #: The cancel scope around its acquisition, set by the batcher meanwhile.
-        self.scope: trio.CancelScope | None = None
-        #: Observed batchers only: (item id, submit time) per input, aligned
-        #: with ``inputs`` until processing begins; batch id, start time and reason.
-        self.meta: list[tuple[int, float]] = []
-        self.ident = -1
-        self.started_at = 0.0
-        self.processing_at: float | None = None
-        self.reason: Any = None
 
     @property
     def size(self) -> int:
@@ -133,8 +120,6 @@ class Batch(Generic[I, W]):
 
     def __repr__(self) -> str:
         state = ("waiting", "starting", "processing", "done")[self.state]
-        if self.costs:
-            return f"<Batch {state} size={len(self.inputs)} cost={self.cost!r}>"
         return f"<Batch {state} size={len(self.inputs)}>"
 
 
@@ -147,9 +132,9 @@ class KeyState(Generic[I, W]):
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
-        # (item, waiter, meta, tag) or (item, waiter, meta, tag, cost): tag is
-        # the batcher's own record of the waiter; cost is there with a cost function.
-        self.overflow: deque[tuple[Any, ...]] = deque()
+        # (item, waiter, cost) for each caller waiting for room, oldest first;
+        # cost is None without a cost function.
+        self.overflow: deque[tuple[I, W, float | None]] = deque()
 
     # -- queries ---------------------------------------------------------------
 
@@ -177,13 +162,12 @@ class KeyState(Generic[I, W]):
         waiter: W,
         policy: Policy,
         limits: Limits,
-        meta: tuple[int, float] | None = None,
     ) -> Batch[I, W] | None:
         """Put ``item`` in the newest queued batch, or a new one; ``None`` means no room.
 
         A new batch is appended to ``waiting`` (the caller must then give it a
-        timer if the policy has one, and call :meth:`start_ready`). When there
-        is no room nothing changes. ``meta`` is kept aligned with the inputs.
+        timer if the policy has one, and call :meth:`start_allowed`). When there
+        is no room nothing changes.
         """
         if self.waiting:
             newest: Batch[I, W] | None = self.waiting[-1]
@@ -200,8 +184,6 @@ class KeyState(Generic[I, W]):
             self.waiting.append(newest)
         newest.inputs.append(item)
         newest.waiters.append(waiter)
-        if meta is not None:
-            newest.meta.append(meta)
         if len(newest.inputs) >= limits.max_batch_size:
             newest.filled = True
         return newest
@@ -213,7 +195,6 @@ class KeyState(Generic[I, W]):
         cost: float,
         policy: Policy,
         limits: Limits,
-        meta: tuple[int, float] | None = None,
     ) -> Batch[I, W] | None:
         """:meth:`add` for a batcher with a cost function; ``cost`` is the item's.
 
@@ -223,8 +204,8 @@ class KeyState(Generic[I, W]):
         it (``Overflow.WAIT``), the batch it did not fit is closed (counts as
         full). ``None`` means no room; nothing changed unless the item is going
         to wait. An oversize item must be ``Oversize.ALONE`` (the caller
-        rejects the others first, see :func:`is_oversize`): it gets a new batch
-        of its own, which counts as full.
+        rejects the others first, see ``_policies.is_oversize``): it gets a new
+        batch of its own, which counts as full.
         """
         if self.waiting:
             newest: Batch[I, W] | None = self.waiting[-1]
@@ -252,15 +233,13 @@ class KeyState(Generic[I, W]):
         newest.waiters.append(waiter)
         newest.costs.append(cost)
         newest.cost += cost
-        if meta is not None:
-            newest.meta.append(meta)
         if len(newest.inputs) >= limits.max_batch_size or (
             max_cost is not None and newest.cost >= max_cost
         ):
             newest.filled = True
         return newest
 
-    def start_ready(
+    def start_allowed(
         self,
         policy: Policy,
         limits: Limits,
@@ -302,7 +281,7 @@ class KeyState(Generic[I, W]):
         batch.state = PROCESSING
         return True
 
-    def finish(self, batch: Batch[I, W]) -> list[W | None]:
+    def finish(self, batch: Batch[I, W]) -> list[W]:
         """A started batch is ending: free its slot, return waiters still owed an outcome.
 
         If the batch never began processing (acquire failed, or teardown), it
@@ -321,11 +300,9 @@ class KeyState(Generic[I, W]):
         out of the queue (a started batch's slot stays taken until the runner
         that takes it ends it with :meth:`finish`).
         """
-        index = batch.waiters.index(waiter)
+        index = _index_of(batch.waiters, waiter)
         del batch.waiters[index]
         del batch.inputs[index]
-        if batch.meta:
-            del batch.meta[index]
         if batch.costs:
             del batch.costs[index]
             # Recomputed, not subtracted: the total stays exactly sum(costs).
@@ -341,29 +318,44 @@ class KeyState(Generic[I, W]):
         batch.state = DONE
         return True
 
-    def abandon(self, batch: Batch[I, W], waiter: W) -> None:
-        """A waiter of a processing batch gave up; its output will be discarded."""
-        batch.waiters[batch.waiters.index(waiter)] = None
-
     # -- waiting for room (Overflow.WAIT) ----------------------------------------
 
-    def admit(self, policy: Policy, limits: Limits) -> list[tuple[Any, Batch[I, W]]]:
+    def admit(self, policy: Policy, limits: Limits) -> list[tuple[W, Batch[I, W]]]:
         """Move overflow waiters into batches, oldest first, while there is room.
 
-        Returns ``(tag, batch)`` for each admitted waiter. Stops at the first
+        Returns ``(waiter, batch)`` for each admitted waiter. Stops at the first
         that still finds no room, so waiters are admitted in FIFO order.
         """
-        admitted: list[tuple[Any, Batch[I, W]]] = []
+        admitted: list[tuple[W, Batch[I, W]]] = []
         overflow = self.overflow
         while overflow:
-            entry = overflow[0]
-            item, waiter, meta, tag = entry[:4]
-            if len(entry) > 4:
-                batch = self.add_costed(item, waiter, entry[4], policy, limits, meta)
+            item, waiter, cost = overflow[0]
+            if cost is None:
+                batch = self.add(item, waiter, policy, limits)
             else:
-                batch = self.add(item, waiter, policy, limits, meta)
+                batch = self.add_costed(item, waiter, cost, policy, limits)
             if batch is None:
                 break
             overflow.popleft()
-            admitted.append((tag, batch))
+            admitted.append((waiter, batch))
         return admitted
+
+    def leave_overflow(self, waiter: W) -> bool:
+        """Remove a waiter that gave up while waiting for room.
+
+        Returns ``True`` if it was first in line: with costs, the next waiter
+        may fit where it did not, so the owner must :meth:`admit` again.
+        """
+        for index, (_, queued, _) in enumerate(self.overflow):
+            if queued is waiter:
+                del self.overflow[index]
+                return index == 0
+        raise ValueError("not waiting for room")
+
+
+def _index_of(waiters: list[W], waiter: W) -> int:
+    """Position of ``waiter`` by identity (``list.index`` would compare with ``==``)."""
+    for index, candidate in enumerate(waiters):
+        if candidate is waiter:
+            return index
+    raise ValueError("not a waiter of this batch")

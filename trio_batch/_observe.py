@@ -29,6 +29,7 @@ another batch's; a contextvar that ``batch_started`` sets is seen by
 from __future__ import annotations
 
 import enum
+import inspect
 import itertools
 import logging
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ from typing import Any, Protocol, final
 
 import attrs
 
+from ._outcomes import safe_repr
 from ._policies import StartReason
 
 __all__ = [
@@ -139,6 +141,9 @@ class BatchStarted:
     item_ids: tuple[int, ...]
     #: ``trio.current_time()`` when the policy started it.
     time: float
+    #: The total cost of its items so far, with ``open_batcher(cost=...)``;
+    #: ``None`` without a cost function.
+    cost: float | None = None
 
 
 @final
@@ -178,6 +183,9 @@ class BatchFinished:
     abandoned: int
     #: ``trio.current_time()`` when it ended.
     time: float
+    #: The total cost of the items passed to ``process`` (0 if it never got
+    #: that far), with ``open_batcher(cost=...)``; ``None`` without a cost function.
+    cost: float | None = None
 
 
 class Observer(Protocol):
@@ -209,6 +217,16 @@ class Observer(Protocol):
         return
 
 
+def _is_async(hook: object) -> bool:
+    """``async def`` hooks (or callables whose ``__call__`` is one) would never run."""
+    call = getattr(type(hook), "__call__", None)  # noqa: B004 - we want the async check
+    return (
+        inspect.iscoroutinefunction(hook)
+        or inspect.isasyncgenfunction(hook)
+        or inspect.iscoroutinefunction(call)
+    )
+
+
 _HOOKS = ("item_accepted", "item_rejected", "item_withdrawn", "batch_started", "batch_finished")
 
 
@@ -227,23 +245,31 @@ class Dispatch:
                 method = getattr(observer, hook, None)
                 if method is not None:
                     if not callable(method):
-                        raise TypeError(f"observer {observer!r}: {hook} must be callable")
+                        raise TypeError(f"observer {safe_repr(observer)}: {hook} must be callable")
+                    if _is_async(method):
+                        raise TypeError(
+                            f"observer {safe_repr(observer)}: {hook} is an async function, but "
+                            "observer hooks are synchronous (they are called, never awaited); "
+                            "make it a plain def, and start any async work elsewhere"
+                        )
                     self._hooks[hook].append((observer, method))
                     found = True
             if not found:
                 raise TypeError(
-                    f"observer {observer!r} implements none of the hooks {', '.join(_HOOKS)}"
+                    f"observer {safe_repr(observer)} implements none of the hooks "
+                    f"{', '.join(_HOOKS)}"
                 )
 
     def emit(self, hook: str, event: object) -> None:
+        """Call every observer's ``hook``; one that raises is logged and removed."""
         for observer, method in self._hooks[hook]:
             try:
                 method(event)
             except Exception:
                 logger.exception(
-                    "batcher %r: observer %r raised in %s and was removed",
+                    "batcher %r: observer %s raised in %s and was removed",
                     self._name,
-                    observer,
+                    safe_repr(observer),
                     hook,
                 )
                 self._remove(observer)
