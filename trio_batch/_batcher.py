@@ -53,6 +53,7 @@ import enum
 import inspect
 import logging
 import math
+import numbers
 import reprlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -484,9 +485,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         cost: float
         if type(value) is int or type(value) is float:
             cost = value
-        elif isinstance(value, int | float) and type(value) is not bool:
-            # A subclass (numpy.float64, an IntEnum): its plain value.
-            cost = float(value) if isinstance(value, float) else int(value)
+        elif not isinstance(value, bool) and isinstance(value, numbers.Real):
+            # Another real number (numpy.int64, numpy.float32, an IntEnum): its
+            # value as a plain int or float.
+            cost = int(value) if isinstance(value, numbers.Integral) else float(value)
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise TypeError(
