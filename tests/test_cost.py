@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from conftest import ALL_POLICIES, MyError, Outcomes, Recorder, submit_in_order
+from tutil import ALL_POLICIES, Events, MyError, Outcomes, Recorder, submit_in_order
 
 import trio_batch as tb
 
@@ -32,31 +32,6 @@ def names(calls: list[list[Item]]) -> list[list[str]]:
 
 def zero_stats(queued_cost: float = 0) -> tb.BatcherStatistics:
     return tb.BatcherStatistics(0, 0, 0, 0, queued_cost)
-
-
-class Events(tb.Observer):
-    """Records every event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def item_accepted(self, event: tb.ItemAccepted) -> None:
-        self.events.append(event)
-
-    def item_rejected(self, event: tb.ItemRejected) -> None:
-        self.events.append(event)
-
-    def item_withdrawn(self, event: tb.ItemWithdrawn) -> None:
-        self.events.append(event)
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.events.append(event)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [event for event in self.events if type(event) is kind]
 
 
 BOUND10 = tb.Limits(max_batch_size=64, max_key_concurrency=1, max_batch_cost=10)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 
 import hypothesis.strategies as st
-from conftest import EXAMPLE_SCALE
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -29,10 +28,11 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from tutil import EXAMPLE_SCALE, policies, rejects_when_full
 
 import trio_batch as tb
 from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
-from trio_batch._policies import Policy, is_oversize
+from trio_batch._policies import is_oversize
 
 Item = int
 KeyBatch = Batch[Item, Item]
@@ -51,17 +51,7 @@ def total(costs: list[float]) -> float:
     return result
 
 
-def policies(max_batch_size: int) -> st.SearchStrategy[Policy]:
-    return st.one_of(
-        st.just(tb.Immediate()),
-        st.just(tb.Size()),
-        st.builds(
-            tb.Duration,
-            st.sampled_from([0.0, 1.0, 2.5]),
-            st.sampled_from(list(tb.OnFull)),
-        ),
-        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
-    )
+DELAYS = st.sampled_from([0.0, 1.0, 2.5])
 
 
 class KeyStateMachine(RuleBasedStateMachine):
@@ -103,7 +93,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             ),
             label="limits",
         )
-        self.policy = data.draw(policies(self.limits.max_batch_size), label="policy")
+        self.policy = data.draw(policies(self.limits.max_batch_size, delays=DELAYS), label="policy")
         # With a cost function or without (then max_batch_cost must be None,
         # which open_batcher enforces).
         self.costed = self.limits.max_batch_cost is not None or data.draw(
@@ -222,10 +212,10 @@ class KeyStateMachine(RuleBasedStateMachine):
             # No room only when a new batch was needed and none may be opened.
             assert newest is not None
             assert not fits
-            rejects_full = (
-                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
+            assert (
+                rejects_when_full(self.policy)
+                or len(queue_before) >= self.limits.max_batch_queue_size
             )
-            assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
                 # It goes on to wait: it closed the batch it did not fit.
@@ -270,10 +260,10 @@ class KeyStateMachine(RuleBasedStateMachine):
         if batch is None:
             # No room only when a new batch was needed and none may be opened.
             assert newest_full
-            rejects_full = (
-                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
+            assert (
+                rejects_when_full(self.policy)
+                or len(queue_before) >= self.limits.max_batch_queue_size
             )
-            assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
                 self.state.overflow.append((item, item, None))
@@ -465,10 +455,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             head = overflow[0]
             assert not self.fits(queue[-1], head[2] or 0)
             assert queue[-1].filled
-            rejects_full = (
-                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
-            )
-            assert rejects_full or len(queue) >= self.limits.max_batch_queue_size
+            assert rejects_when_full(self.policy) or len(queue) >= self.limits.max_batch_queue_size
 
     @invariant()
     def idle_means_empty(self) -> None:

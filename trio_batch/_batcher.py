@@ -249,6 +249,11 @@ class _Run:
     def run(self) -> Any:
         return self.batcher._run_batch(self)
 
+    @property
+    def weight(self) -> int:
+        """Items the batch had (what its runner's step budget counts)."""
+        return len(self.batch.inputs)
+
 
 @final
 class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
@@ -833,6 +838,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             )
         if self._dispatch is not None:
             self._observe_finish(run, waiters, result, failed_items)
+        # Each waiter refers to its batch: break the cycle, so that both are
+        # freed by reference counting as their callers resume, never left for
+        # the garbage collector (whose collections then cost every parked caller).
+        batch.waiters = []
         if type(result) is Failure and result.error_type is not BatcherClosed:
             logger.warning("%s", result.message)
         if state.overflow:
