@@ -473,10 +473,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
+    @trio.lowlevel.enable_ki_protection
     async def _submit_costed(self, key: K, item: I, state: KeyState[I, _Waiter] | None) -> O:
         """:meth:`submit` with a cost function, from the point where the key is known.
 
         A separate path, so a batcher without one pays nothing for costs.
+        Protected from KeyboardInterrupt like :meth:`submit` (it changes the
+        key's queue); ``cost(item)`` runs here too, so it must be quick.
         """
         assert self._cost is not None
         limits = self._limits
@@ -1069,8 +1072,10 @@ def open_batcher(
         cost: optional ``(item) -> int | float``, the cost of an item (its
             tokens, bytes, rows), called once per item inside
             :meth:`~Batcher.submit`, in the caller's task, before the item is
-            queued. It must return a finite ``int`` or ``float`` >= 0 (``bool``
-            is not a number here); if it raises, ``submit`` raises that
+            queued; it is synchronous and should be quick (tokenize, measure).
+            It must return a finite ``int`` or ``float`` >= 0 (``bool`` is not
+            a number here; other real numbers, such as numpy's, are read as
+            an ``int`` or ``float``); if it raises, ``submit`` raises that
             exception unchanged, and if it returns anything else, ``submit``
             raises :exc:`TypeError` or :exc:`ValueError`; either way nothing is
             queued and the batcher goes on. ``Limits(max_batch_cost=...)``
