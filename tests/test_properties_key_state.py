@@ -136,19 +136,23 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def admit(self) -> None:
         """What the batcher does after every change that can make room."""
-        for waiter, batch in self.state.admit(self.policy, self.limits):
-            self.admitted.append(waiter)
+        admitted = self.state.admit(self.policy, self.limits)
+        # First the model's record of what is full now (admission is one
+        # synchronous step, so the batcher sees its end state when it starts
+        # batches): a waiter that needed a new batch closed the one before it,
+        # and a head that still finds no room closed the newest batch (by
+        # count it already was full).
+        queue = self.queue()
+        for _, batch in admitted:
             if batch not in self.batches:
-                # It needed a new batch: the one before it did not fit, and is closed.
-                queue = self.queue()
                 position = queue.index(batch)
                 if position:
                     self.been_full.add(id(queue[position - 1]))
-            self.after_add(waiter, batch)
         if self.state.overflow:
-            # The head found no room and goes on waiting: the newest batch did
-            # not fit it, so it counts as full (by count it already was).
-            self.been_full.add(id(self.queue()[-1]))
+            self.been_full.add(id(queue[-1]))
+        for waiter, batch in admitted:
+            self.admitted.append(waiter)
+            self.after_add(waiter, batch)
         # A batch closed by a waiter may be ready now.
         self.run_policy()
 

@@ -58,8 +58,9 @@ import reprlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import CoroutineType
-from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
+from typing import Any, Generic, NoReturn, TypeVar, final, overload
 
+import attrs
 import trio
 
 from ._errors import (
@@ -145,6 +146,22 @@ _NEXT_PHASES = {
     _Phase.TORN_DOWN: (_Phase.CLOSED,),
     _Phase.CLOSED: (),
 }
+
+
+@final
+@attrs.frozen
+class _Options:
+    """The arguments of :func:`open_batcher`, checked, on their way to the batcher."""
+
+    process: Callable[..., Awaitable[Sequence[Any]]]
+    acquire: Callable[[Any], AbstractAsyncContextManager[Any]] | None
+    policy: Policy
+    limits: Limits
+    name: str
+    #: None when unobserved.
+    dispatch: Dispatch | None
+    #: None without a cost function.
+    cost: Callable[[Any], float] | None
 
 
 class _NoPublicConstructor(type):
@@ -286,26 +303,17 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_wait_for_room",
     )
 
-    def __init__(
-        self,
-        process: Callable[..., Awaitable[Sequence[O]]],
-        acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
-        policy: Policy,
-        limits: Limits,
-        name: str,
-        dispatch: Dispatch | None,
-        nursery: trio.Nursery,
-        cost: Callable[[I], float] | None,
-    ) -> None:
-        self._process = process
-        self._acquire = acquire
+    def __init__(self, options: _Options, nursery: trio.Nursery) -> None:
+        # The options, copied into slots of their own: the hot path reads them.
+        self._process = options.process
+        self._acquire = options.acquire
         # None without a cost function: submit then never looks at costs.
-        self._cost = cost
-        self._policy = policy
-        self._limits = limits
-        self._name = name
+        self._cost = options.cost
+        self._policy = policy = options.policy
+        self._limits = limits = options.limits
+        self._name = name = options.name
         # None when unobserved: the hot path tests this one attribute.
-        self._dispatch = dispatch
+        self._dispatch = options.dispatch
         self._phase = _Phase.OPEN
         # The run that opened the block: submit from any other is refused.
         self._root = trio.lowlevel.current_root_task()
@@ -416,6 +424,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if trio.lowlevel.current_root_task() is not self._root:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
             raise RuntimeError(
                 f"batcher {self._name!r} belongs to another Trio run; a batcher can "
                 "only be used from the trio.run that opened it"
@@ -1131,30 +1140,18 @@ def open_batcher(
     if not isinstance(observers, Iterable):
         raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
     observers = tuple(observers)
-    # None when unobserved: the hot path tests this one attribute.
     dispatch = Dispatch(name, observers) if observers else None
-    return _open(process, acquire, policy, limits, name, dispatch, cost)
+    return _open(_Options(process, acquire, policy, limits, name, dispatch, cost))
 
 
 @asynccontextmanager
-async def _open(
-    process: Callable[..., Awaitable[Sequence[O]]],
-    acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
-    policy: Policy,
-    limits: Limits,
-    name: str,
-    dispatch: Dispatch | None,
-    cost: Callable[[Any], float] | None,
-) -> AsyncIterator[Batcher[K, Any, O]]:
+async def _open(options: _Options) -> AsyncIterator[Batcher[Any, Any, Any]]:
     body_error: BaseException | None = None
-    created: Batcher[K, Any, O] | None = None
+    created: Batcher[Any, Any, Any] | None = None
     try:
         async with trio.open_nursery() as nursery:
             # Built once its nursery exists: no field is None "until later".
-            batcher: Batcher[K, Any, O] = cast(
-                "Batcher[K, Any, O]",
-                Batcher._create(process, acquire, policy, limits, name, dispatch, nursery, cost),
-            )
+            batcher: Batcher[Any, Any, Any] = Batcher._create(options, nursery)
             created = batcher
             if batcher._timers is not None:
                 await nursery.start(batcher._timers.run)
