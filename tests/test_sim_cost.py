@@ -282,3 +282,8 @@ def test_batch_size_plot_shows_batch_costs_alongside() -> None:
     assert axes[1].get_title(loc="left").startswith("mean cost")
     plain = run_scenario(tokens(costs=None, limits=tb.Limits(), process=ProcessModel()))
     assert len(_batch_sizes(plain, _styles(2)).axes) == 2  # one column without costs
+
+
+def test_costs_give_the_same_numbers_in_worker_processes() -> None:
+    scenario = load_scenario("llm-tokens", ["items=400"])
+    assert run_scenario(scenario, jobs=2).to_data() == run_scenario(scenario).to_data()
