@@ -171,7 +171,8 @@ class PolicyResult:
     def latency(self, p: int) -> float | None:
         """The ``p``-th percentile latency in simulated seconds (None if no output).
 
-        ``p`` is an integer from 0 to 100; see :func:`percentiles` for the definition.
+        ``p`` is an integer from 0 to 100; percentiles interpolate linearly, as
+        ``statistics.quantiles(latencies, n=100, method="inclusive")`` does.
         """
         _check_percent(p)
         return self.latency_percentiles[p] if self.latency_percentiles else None
