@@ -440,109 +440,38 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             raise TypeError(
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
+        cost: float | None = None
         if self._cost is not None:
-            return await self._submit_costed(key, item, state)
+            try:
+                cost = self._cost_of(key, item)
+            except Exception:
+                # Nothing was queued: cost(item)'s own error unchanged, an
+                # invalid cost, or an oversize item (Oversize.REJECT).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
         if state is None:
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
-        # Waiters for room are ahead of this item (FIFO): it may not jump them.
-        if state.overflow:
-            batch = None
-        else:
-            waiter = _Waiter(self, task, key, state)
-            batch = state.add(item, waiter, self._policy, self._limits)
-        if batch is None:
-            if self._wait_for_room:
-                return await self._wait_for_room_in(key, state, item, task, None)
-            self._forget_if_idle(key, state)
-            if dispatch is not None:
-                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise Rejected(
-                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
-                f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
-            )
-        waiter.batch = batch
-        if dispatch is not None:
-            waiter.item_id = new_id()
-            waiter.accepted_at = now = trio.current_time()
-            dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
-        if batch.state == WAITING:
-            if self._timers is not None:
-                self._set_timer(key, state, batch, self._caller_deadline())
-            # Only the oldest waiting batch can start (FIFO), and only this
-            # item's batch changed: if it is not the oldest, nothing can start.
-            # Under Size and Duration, only an arrival that fills it can.
-            if (
-                (batch.filled or not self._policy._fill_only_on_arrival)
-                and state.started < self._limits.max_key_concurrency
-                and state.waiting[0] is batch
-            ):
-                self._start_batches(key, state, after_finish=False)
-        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
-
-    @trio.lowlevel.enable_ki_protection
-    async def _submit_costed(self, key: K, item: I, state: KeyState[I, _Waiter] | None) -> O:
-        """:meth:`submit` with a cost function, from the point where the key is known.
-
-        A separate path, so a batcher without one pays nothing for costs.
-        Protected from KeyboardInterrupt like :meth:`submit` (it changes the
-        key's queue); ``cost(item)`` runs here too, so it must be quick.
-        """
-        assert self._cost is not None
         limits = self._limits
-        dispatch = self._dispatch
-        try:
-            value: object = self._cost(item)
-        except Exception:
-            # The caller's own error, unchanged; nothing was queued.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise
-        cost: float
-        if type(value) is int or type(value) is float:
-            cost = value
-        elif not isinstance(value, bool) and isinstance(value, numbers.Real):
-            # Another real number (numpy.int64, numpy.float32, an IntEnum): its
-            # value as a plain int or float.
-            cost = int(value) if isinstance(value, numbers.Integral) else float(value)
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise TypeError(
-                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must "
-                f"return an int or a float (a bool is not a number here), got "
-                f"{type(value).__name__} {safe_repr(value)}; nothing was queued"
-            )
-        if not 0 <= cost < math.inf:  # NaN fails this too
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise ValueError(
-                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
-                f"a finite number >= 0, got {cost!r}; nothing was queued"
-            )
-        if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
-            if dispatch is not None:
-                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise Rejected(
-                f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
-                f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
-                "not queued (Limits(oversize=Oversize.ALONE) gives such an item a "
-                "batch of its own)"
-            )
-        if state is None:
-            state = self._keys[key] = KeyState()
-        task = trio.lowlevel.current_task()
         # Waiters for room are ahead of this item (FIFO): it may not jump them,
         # however cheap it is.
         if state.overflow:
             batch = None
         else:
             waiter = _Waiter(self, task, key, state)
-            batch = state.add_costed(item, waiter, cost, self._policy, limits)
+            if cost is None:
+                batch = state.add(item, waiter, self._policy, limits)
+            else:
+                batch = state.add_costed(item, waiter, cost, self._policy, limits)
         if batch is None:
             if self._wait_for_room:
-                # It may have closed the newest batch (it counts as full now).
-                if state.waiting and state.started < limits.max_key_concurrency:
+                if (
+                    cost is not None
+                    and state.waiting
+                    and state.started < limits.max_key_concurrency
+                ):
+                    # Not fitting by cost, it closed the newest batch (now full).
                     self._start_batches(key, state, after_finish=False)
                 return await self._wait_for_room_in(key, state, item, task, cost)
             self._forget_if_idle(key, state)
@@ -560,10 +489,65 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
         if batch.state == WAITING and self._timers is not None:
             self._set_timer(key, state, batch, self._caller_deadline())
-        # The item's batch, or the batch it closed by not fitting, may be ready.
-        if state.waiting and state.started < limits.max_key_concurrency:
+        if cost is None:
+            # Only the oldest waiting batch can start (FIFO), and only this
+            # item's batch changed: if it is not the oldest, nothing can start.
+            # Under Size and Duration, only an arrival that fills it can.
+            if (
+                batch.state == WAITING
+                and (batch.filled or not self._policy._fill_only_on_arrival)
+                and state.started < limits.max_key_concurrency
+                and state.waiting[0] is batch
+            ):
+                self._start_batches(key, state, after_finish=False)
+        elif state.waiting and state.started < limits.max_key_concurrency:
+            # The item's batch, or the batch it closed by not fitting, may be ready.
             self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
+
+    def _cost_of(self, key: K, item: I) -> float:
+        """``cost(item)``, checked: a finite number >= 0 that the limits allow.
+
+        Raises:
+            Exception: whatever ``cost(item)`` raised, unchanged.
+            TypeError: it returned something that is not a real number.
+            ValueError: it returned a negative, NaN or infinite number.
+            Rejected: the item alone costs more than ``max_batch_cost`` and
+                ``oversize`` is ``Oversize.REJECT``.
+        """
+        assert self._cost is not None
+        value: object = self._cost(item)
+        cost: float
+        if type(value) is int or type(value) is float:
+            cost = value
+        elif not isinstance(value, bool) and isinstance(value, numbers.Real):
+            # Another real number (numpy.int64, numpy.float32, an IntEnum): its
+            # value as a plain int or float.
+            cost = int(value) if isinstance(value, numbers.Integral) else float(value)
+        else:
+            raise TypeError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must "
+                f"return an int or a float (a bool is not a number here), got "
+                f"{type(value).__name__} {safe_repr(value)}; nothing was queued"
+            )
+        if not 0 <= cost < math.inf:  # NaN fails this too
+            raise ValueError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
+                f"a finite number >= 0, got {cost!r}; nothing was queued"
+            )
+        limits = self._limits
+        if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
+            if self._dispatch is not None:
+                self._dispatch.emit(
+                    "item_rejected", ItemRejected(self._name, key, trio.current_time())
+                )
+            raise Rejected(
+                f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
+                f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
+                "not queued (Limits(oversize=Oversize.ALONE) gives such an item a "
+                "batch of its own)"
+            )
+        return cost
 
     async def _wait_for_room_in(
         self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None
