@@ -60,6 +60,8 @@ class Facts:
     filled: bool = False
     opened_at: float = 0.0
     caller_deadline: float = math.inf
+    cost: float = 0.0
+    costs: list[float] = attrs.field(factory=list)
 
 
 def estimates(a: float = 0.05, b: float = 0.0, rate: float = 100.0) -> AdaptiveEstimates:
@@ -134,6 +136,21 @@ def test_only_slot_held_until_a_batch_holds_what_arrives_while_it_runs() -> None
     limits = tb.Limits(max_batch_size=10, max_key_concurrency=1)
     decision = run_decide(Facts(size=2), estimates(b=0.001), started=0, limits=limits)
     assert decision.start_at == pytest.approx(1.0 + (5 / 0.9 - 2) / 100)
+
+
+def test_with_costs_the_decision_counts_cost() -> None:
+    # Two items of cost 3: n = 6; a = 0.05 s, b = 0.001 s per unit of cost,
+    # 600 units of cost per second, one slot: wanted = 600 * 0.05 / (1 - 0.6)
+    # = 75, capped by max_batch_cost = 20: hold (20 - 6) / 600 s.
+    limits = tb.Limits(max_batch_size=10, max_key_concurrency=1, max_batch_cost=20)
+    facts = Facts(size=2, cost=6.0, costs=[3.0, 3.0])
+    known = estimates(b=0.001, rate=600.0)
+    decision = run_decide(facts, known, started=0, limits=limits)
+    assert decision.start_at == pytest.approx(1.0 + 14 / 600)
+    # Without max_batch_cost, a full batch at 3 per item (30) is the cap.
+    limits = tb.Limits(max_batch_size=10, max_key_concurrency=1)
+    decision = run_decide(facts, known, started=0, limits=limits)
+    assert decision.start_at == pytest.approx(1.0 + 24 / 600)
 
 
 def test_hold_never_waits_for_more_than_a_full_batch() -> None:
@@ -347,6 +364,39 @@ async def test_failed_batches_are_not_timed(autojump_clock: trio.abc.Clock) -> N
             assert known.timed_batches == 0
             assert not known.ready
     assert set(outcomes.error_types().values()) == {tb.BatchFailed}
+
+
+async def test_with_a_cost_function_it_learns_per_unit_of_cost(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Items are (name, cost); process takes 0.01 s per unit of cost.
+    async def process(key: str, inputs: list[tuple[str, float]]) -> list[str]:
+        await trio.sleep(0.01 * sum(cost for _, cost in inputs))
+        return [name for name, _ in inputs]
+
+    outcomes = Outcomes()
+    async with trio.open_nursery() as nursery:
+        async with tb.open_batcher(
+            process, policy=tb.Adaptive(), limits=ONE_SLOT, cost=lambda item: item[1]
+        ) as batcher:
+            arrivals = [(0.0, ("a", 1.0)), (0.001, ("b", 4.0)), (0.002, ("c", 1.0))]
+            arrivals += [(0.06, ("d", 4.0)), (0.061, ("e", 1.0))]
+            for t, item in arrivals:
+                await trio.sleep_until(t)
+                outcomes.spawn(nursery, batcher, "k", item)
+            # At 0.061: batches [a] (cost 1: 0.01 s) and [b, c] (cost 5: 0.05 s,
+            # until 0.06) are timed; [d, e] is processing.
+            await trio.testing.wait_all_tasks_blocked()
+            known = batcher.estimates("k")
+            assert known is not None
+            assert known.timed_batches == 2
+            assert known.per_batch_seconds == pytest.approx(0.0, abs=1e-9)
+            assert known.per_item_seconds == pytest.approx(0.01)
+            # Cost per second: the weighted mean cost of an arrival (costs 1, 4,
+            # 1, 4, 1: 1.3, 1.27, 1.543, 1.4887) over the weighted mean gap
+            # (0.001, 0.001, 0.058, 0.001: 0.001, 0.001, 0.0067, 0.00613).
+            assert known.arrival_rate == pytest.approx(1.4887 / 0.00613)
+    assert sorted(outcomes.values.values()) == ["a", "b", "c", "d", "e"]
 
 
 async def test_estimates_of_other_policies_are_none(autojump_clock: trio.abc.Clock) -> None:

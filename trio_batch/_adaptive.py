@@ -73,13 +73,22 @@ class _Sized(Protocol):
     def size(self) -> int:
         """Items in the batch."""
 
-
-class AdaptiveFacts(Protocol):
-    """What the adaptive decision knows about the oldest waiting batch."""
+    @property
+    def cost(self) -> float:
+        """Total cost of its items (with a cost function)."""
 
     @property
-    def size(self) -> int:
-        """Items in the batch."""
+    def costs(self) -> list[float]:
+        """Each item's cost; empty without a cost function."""
+
+
+def load(batch: _Sized) -> float:
+    """What the fit counts for ``batch``: its items, or its cost with a cost function."""
+    return batch.cost if batch.costs else batch.size
+
+
+class AdaptiveFacts(_Sized, Protocol):
+    """What the adaptive decision knows about the oldest waiting batch."""
 
     @property
     def filled(self) -> bool:
@@ -115,16 +124,19 @@ class AdaptiveEstimates:
     #: Fitted seconds a batch holds its slot whatever its size (``a``).
     per_batch_seconds: float
     #: Fitted extra seconds per item (``b``): a batch of ``n`` takes ``a + b * n``.
+    #: With ``open_batcher(cost=...)``, ``n`` is the batch's total cost, and
+    #: this is seconds per unit of cost.
     per_item_seconds: float
-    #: Arrivals of this key per second (0 before two arrivals).
+    #: Arrivals of this key per second (0 before two arrivals); with a cost
+    #: function, cost per second.
     arrival_rate: float
     #: Batches timed so far (since the key was last idle).
     timed_batches: int
     #: Whether the estimates are used yet (before that, batches start at once).
     ready: bool
 
-    def batch_seconds(self, n: int) -> float:
-        """Expected seconds a batch of ``n`` items holds its slot."""
+    def batch_seconds(self, n: float) -> float:
+        """Expected seconds a batch of ``n`` items (or total cost) holds its slot."""
         return self.per_batch_seconds + self.per_item_seconds * n
 
 
@@ -155,13 +167,13 @@ class KeyLearning:
         """A started batch ended; ``timed``: ``process`` ran and succeeded."""
         began = self.running.pop(batch, None)
         if timed and began is not None:
-            self.cost.add(batch.size, now - began)
+            self.cost.add(load(batch), now - began)
 
     def next_end(self) -> float:
         """The expected end of the started batch that should end first."""
         seconds = self.cost.seconds
         return min(
-            (began + seconds(batch.size) for batch, began in self.running.items()),
+            (began + seconds(load(batch)) for batch, began in self.running.items()),
             default=math.inf,
         )
 
@@ -202,8 +214,9 @@ def decide(
         return Decision(now, StartReason.FULL)
     if not estimates.ready:
         return Decision(now, StartReason.NO_ESTIMATE)
-    n = batch.size
-    seconds = estimates.batch_seconds(n)
+    # With a cost function, sizes, times and rates are in cost, not items.
+    n = load(batch)
+    seconds = estimates.per_batch_seconds + estimates.per_item_seconds * n
     rate = estimates.arrival_rate
     # 2. the optimum
     optimum = now
@@ -212,7 +225,13 @@ def decide(
         # > n + rate * s: it stops at the first of the two crossings.
         b = estimates.per_item_seconds
         wanted = rate * estimates.per_batch_seconds / (1 - rate * b) if rate * b < 1 else math.inf
-        hold = (min(wanted, limits.max_batch_size) - n) / rate
+        most = float(limits.max_batch_size)
+        if batch.costs:
+            # The cost of a full batch, at this batch's mean cost per item.
+            most *= n / batch.size
+            if limits.max_batch_cost is not None:
+                most = min(most, limits.max_batch_cost)
+        hold = (min(wanted, most) - n) / rate
         remaining = next_end - now
         if remaining < math.inf:
             hold = min(hold, (rate * remaining - n) / (2 * rate))

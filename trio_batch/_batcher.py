@@ -53,6 +53,7 @@ import enum
 import inspect
 import logging
 import math
+import numbers
 import reprlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -91,6 +92,7 @@ from ._outcomes import (
     deliver,
     describe,
     read_outputs,
+    safe_repr,
 )
 from ._policies import (
     POLICY_TYPES,
@@ -99,9 +101,11 @@ from ._policies import (
     Immediate,
     Limits,
     Overflow,
+    Oversize,
     Policy,
     StartReason,
     check_compatible,
+    is_oversize,
     start_reason,
 )
 from ._runners import RunnerPool
@@ -158,6 +162,8 @@ class _Options:
     name: str
     #: None when unobserved.
     dispatch: Dispatch | None
+    #: None without a cost function.
+    cost: Callable[[Any], float] | None
 
 
 class _NoPublicConstructor(type):
@@ -284,6 +290,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_adaptive",
         "_batch_seconds",
         "_context",
+        "_cost",
         "_deadline_margin",
         "_dispatch",
         "_keys",
@@ -303,6 +310,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # The options, copied into slots of their own: the hot path reads them.
         self._process = options.process
         self._acquire = options.acquire
+        # None without a cost function: submit then never looks at costs.
+        self._cost = options.cost
         self._policy = policy = options.policy
         self._limits = limits = options.limits
         self._name = name = options.name
@@ -361,6 +370,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             queued_items=sum(state.queued_items() for state in states),
             processing_batches=sum(state.started for state in states),
             waiting_submits=sum(len(state.overflow) for state in states),
+            queued_cost=sum(state.queued_cost() for state in states),
         )
 
     def estimates(self, key: K) -> AdaptiveEstimates | None:
@@ -399,13 +409,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         :exc:`trio.Cancelled` at once. With ``Limits(overflow=Overflow.WAIT)``, a
         caller waiting for room that is cancelled leaves no trace.
 
+        With ``open_batcher(cost=...)``, ``cost(item)`` is called once, here, in
+        the caller's task, before the item is queued; the item joins the
+        newest batch of its key only if it fits by count and by cost.
+
         Returns:
             The output that ``process`` returned at this item's position (for an
             ``outcome.Value(v)`` output, ``v``).
 
         Raises:
-            Rejected: the key's queue is full (with ``Overflow.REJECT``); the item
-                was not queued.
+            Rejected: the key's queue is full (with ``Overflow.REJECT``), or the
+                item's cost alone exceeds ``max_batch_cost`` (with
+                ``Oversize.REJECT``); the item was not queued.
             BatchFailed: ``process`` (or releasing the resource) raised; the
                 exception is ``__cause__``.
             ItemFailed: ``process`` returned ``outcome.Error(exc)`` for this item;
@@ -416,7 +431,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 outputs, or something that cannot be read by position.
             BatcherClosed: the block has exited or is draining, or it was left
                 by an exception or cancellation while this item waited.
-            TypeError: ``key`` is not hashable.
+            TypeError: ``key`` is not hashable, or ``cost(item)`` returned
+                something that is not an ``int`` or ``float``; the item was not
+                queued.
+            ValueError: ``cost(item)`` returned a negative, NaN or infinite
+                number; the item was not queued.
+            Exception: whatever ``cost(item)`` raised, unchanged; the item was
+                not queued.
             RuntimeError: called from a Trio run other than the one that
                 opened the batcher.
         """
@@ -438,26 +459,47 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             raise TypeError(
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
+        cost: float | None = None
+        if self._cost is not None:
+            try:
+                cost = self._cost_of(key, item)
+            except Exception:
+                # Nothing was queued: cost(item)'s own error unchanged, an
+                # invalid cost, or an oversize item (Oversize.REJECT).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
         if state is None:
             state = keys[key] = KeyState(KeyLearning() if self._adaptive else None)
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
-        # Waiters for room are ahead of this item (FIFO): it may not jump them.
+        limits = self._limits
+        # Waiters for room are ahead of this item (FIFO): it may not jump them,
+        # however cheap it is.
         if state.overflow:
             batch = None
         else:
             waiter = _Waiter(self, task, key, state)
-            batch = state.add(item, waiter, self._policy, self._limits)
+            if cost is None:
+                batch = state.add(item, waiter, self._policy, limits)
+            else:
+                batch = state.add_costed(item, waiter, cost, self._policy, limits)
         if batch is None:
             if self._wait_for_room:
-                return await self._wait_for_room_in(key, state, item, task)
+                if (
+                    cost is not None
+                    and state.waiting
+                    and state.started < limits.max_key_concurrency
+                ):
+                    # Not fitting by cost, it closed the newest batch (now full).
+                    self._start_batches(key, state, after_finish=False)
+                return await self._wait_for_room_in(key, state, item, task, cost)
             self._forget_if_idle(key, state)
             if dispatch is not None:
                 dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise Rejected(
                 f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
-                f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
+                f"(max_batch_queue_size={limits.max_batch_queue_size})"
             )
         waiter.batch = batch
         if dispatch is not None:
@@ -466,22 +508,70 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
         if self._adaptive:
             self._arrived(state, batch, trio.current_effective_deadline())
-        if batch.state == WAITING:
-            if self._timers is not None and not self._adaptive:
-                self._set_timer(key, state, batch, self._caller_deadline())
+        elif batch.state == WAITING and self._timers is not None:
+            self._set_timer(key, state, batch, self._caller_deadline())
+        if cost is None:
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
             # Under Size and Duration, only an arrival that fills it can.
             if (
-                (batch.filled or not self._policy._fill_only_on_arrival)
-                and state.started < self._limits.max_key_concurrency
+                batch.state == WAITING
+                and (batch.filled or not self._policy._fill_only_on_arrival)
+                and state.started < limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
                 self._start_batches(key, state, after_finish=False)
+        elif state.waiting and state.started < limits.max_key_concurrency:
+            # The item's batch, or the batch it closed by not fitting, may be ready.
+            self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
+    def _cost_of(self, key: K, item: I) -> float:
+        """``cost(item)``, checked: a finite number >= 0 that the limits allow.
+
+        Raises:
+            Exception: whatever ``cost(item)`` raised, unchanged.
+            TypeError: it returned something that is not a real number.
+            ValueError: it returned a negative, NaN or infinite number.
+            Rejected: the item alone costs more than ``max_batch_cost`` and
+                ``oversize`` is ``Oversize.REJECT``.
+        """
+        assert self._cost is not None
+        value: object = self._cost(item)
+        cost: float
+        if type(value) is int or type(value) is float:
+            cost = value
+        elif not isinstance(value, bool) and isinstance(value, numbers.Real):
+            # Another real number (numpy.int64, numpy.float32, an IntEnum): its
+            # value as a plain int or float.
+            cost = int(value) if isinstance(value, numbers.Integral) else float(value)
+        else:
+            raise TypeError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must "
+                f"return an int or a float (a bool is not a number here), got "
+                f"{type(value).__name__} {safe_repr(value)}; nothing was queued"
+            )
+        if not 0 <= cost < math.inf:  # NaN fails this too
+            raise ValueError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
+                f"a finite number >= 0, got {cost!r}; nothing was queued"
+            )
+        limits = self._limits
+        if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
+            if self._dispatch is not None:
+                self._dispatch.emit(
+                    "item_rejected", ItemRejected(self._name, key, trio.current_time())
+                )
+            raise Rejected(
+                f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
+                f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
+                "not queued (Limits(oversize=Oversize.ALONE) gives such an item a "
+                "batch of its own)"
+            )
+        return cost
+
     async def _wait_for_room_in(
-        self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task
+        self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None
     ) -> O:
         """Park a caller until its key has room (``Overflow.WAIT``)."""
         waiter = _RoomWaiter(
@@ -492,7 +582,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             self._caller_deadline(),
             None if self._dispatch is None else contextvars.copy_context(),
         )
-        state.overflow.append((item, waiter))
+        state.overflow.append((item, waiter, cost))
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     # -- parking: withdrawal and admission ---------------------------------------
@@ -503,7 +593,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         key, state, batch = waiter.key, waiter.state, waiter.batch
         if batch is None:
             # Still waiting for room: it leaves the line, and no trace.
-            state.leave_overflow(waiter)
+            if state.leave_overflow(waiter) and state.overflow and self._cost is not None:
+                # With costs, the next in line may fit where this one did not.
+                self._admit(key, state)
             self._forget_if_idle(key, state)
             return
         if batch.state > STARTING:
@@ -552,6 +644,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 if self._timers is not None and not self._adaptive:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
+        if self._cost is not None and state.overflow and state.waiting:
+            # The first still waiting may have closed the newest batch by not
+            # fitting it: that batch counts as full now.
+            self._start_batches(key, state, after_finish=False)
 
     def _forget_if_idle(self, key: K, state: KeyState[I, _Waiter]) -> None:
         if state.is_idle() and self._keys.get(key) is state:
@@ -608,7 +704,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """An item of an ``Adaptive`` batcher joined ``batch``: learn and note its facts."""
         assert state.learned is not None
         now = trio.current_time()
-        state.learned.arrivals.arrived(now)
+        # With a cost function, the rate is in cost per second (the item is last).
+        state.learned.arrivals.arrived(now, batch.costs[-1] if batch.costs else 1.0)
         if len(batch.inputs) == 1:
             batch.opened_at = now
         if deadline < batch.caller_deadline:
@@ -839,6 +936,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 run.reason,
                 tuple(waiter.item_id for waiter in batch.waiters),
                 run.started_at,
+                None if self._cost is None else batch.cost,
             ),
         )
 
@@ -870,6 +968,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 failed_items=failed_items,
                 abandoned=sum(waiter.task is None for waiter in waiters) if processed else 0,
                 time=now,
+                cost=None if self._cost is None else (run.batch.cost if processed else 0),
             ),
         )
 
@@ -917,7 +1016,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                     self._observe_finish(_Run(self, key, state, batch), batch.waiters, closed, 0)
                 batch.waiters = []
                 batch.inputs = []
-            deliver([waiter for _, waiter in state.overflow], closed)
+            deliver([waiter for _, waiter, _ in state.overflow], closed)
             state.overflow.clear()
 
     def _close_untaken(self, run: _Run) -> None:
@@ -969,6 +1068,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -981,6 +1081,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -992,6 +1093,7 @@ def open_batcher(
     limits: Limits = Limits(),  # noqa: B008 - frozen value, safe to share
     name: str = "batcher",
     observers: Iterable[Observer] = (),
+    cost: Callable[[Any], float] | None = None,
 ) -> AbstractAsyncContextManager[Batcher[Any, Any, O]]:
     """Open a batcher whose tasks live inside the ``async with`` block.
 
@@ -1019,6 +1121,22 @@ def open_batcher(
             (plain functions, not coroutines); each receives an event for every
             decision the batcher makes. With none (the default), observation
             costs nothing.
+        cost: optional ``(item) -> int | float``, the cost of an item (its
+            tokens, bytes, rows), called once per item inside
+            :meth:`~Batcher.submit`, in the caller's task, before the item is
+            queued; it is synchronous and should be quick (tokenize, measure).
+            It must return a finite ``int`` or ``float`` >= 0 (``bool`` is not
+            a number here; other real numbers, such as numpy's, are read as
+            an ``int`` or ``float``); if it raises, ``submit`` raises that
+            exception unchanged, and if it returns anything else, ``submit``
+            raises :exc:`TypeError` or :exc:`ValueError`; either way nothing is
+            queued and the batcher goes on. ``Limits(max_batch_cost=...)``
+            bounds a batch's total cost: an item joins the newest batch only
+            if it fits by count and by cost, and ``Limits(oversize=...)`` says
+            what happens to an item whose cost alone exceeds the bound.
+            Without ``max_batch_cost``, costs are only reported (observers,
+            :meth:`~Batcher.statistics`). ``None`` (the default): no costs,
+            at no cost.
 
     Leaving the block is shutdown. If the body returns normally, the batcher
     *drains*: new :meth:`~Batcher.submit` calls raise :exc:`BatcherClosed`,
@@ -1036,7 +1154,8 @@ def open_batcher(
         TypeError: an argument has the wrong type (an observer hook that is an
             ``async def`` function included: hooks are synchronous).
         ValueError: ``policy`` cannot work within ``limits`` (``Balanced``
-            with ``min_size_hint > max_batch_size``).
+            with ``min_size_hint > max_batch_size``), or ``limits`` has a
+            ``max_batch_cost`` but there is no ``cost`` function.
     """
     if not callable(process):
         raise TypeError(f"process must be an async callable, got {process!r}")
@@ -1055,11 +1174,18 @@ def open_batcher(
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     check_compatible(policy, limits)
+    if cost is not None and not callable(cost):
+        raise TypeError(f"cost must be None or a callable (item) -> int | float, got {cost!r}")
+    if cost is None and limits.max_batch_cost is not None:
+        raise ValueError(
+            f"max_batch_cost={limits.max_batch_cost!r} needs a cost function: pass "
+            "open_batcher(cost=...), or leave max_batch_cost=None (there is nothing to bound)"
+        )
     if not isinstance(observers, Iterable):
         raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
     observers = tuple(observers)
     dispatch = Dispatch(name, observers) if observers else None
-    return _open(_Options(process, acquire, policy, limits, name, dispatch))
+    return _open(_Options(process, acquire, policy, limits, name, dispatch, cost))
 
 
 @asynccontextmanager

@@ -15,7 +15,8 @@ Two small pure classes, fed with numbers, holding no clock and no Trio:
   the fit by a bounded amount; a lasting change moves it a little more each
   time, because the typical residual grows with it, until the fit has caught up.
 * :class:`RateEstimator` tracks arrivals per second as the inverse of an
-  exponentially weighted mean gap between arrivals.
+  exponentially weighted mean gap between arrivals (or, with a cost per item,
+  cost per second: the weighted mean cost of an arrival over the mean gap).
 
 Rejected alternatives: a plain moving average of batch durations (what
 deadline-aware ``Duration`` uses) knows nothing of how time grows with size,
@@ -82,9 +83,9 @@ class CostEstimator:
         """Expected seconds for a batch of ``n`` items (0 before any sample)."""
         return self.per_batch + self.per_item * n
 
-    def add(self, n: int, seconds: float) -> None:
-        """Take one timing: a batch of ``n`` items held its slot ``seconds``."""
-        if n < 1 or not math.isfinite(seconds) or seconds < 0:
+    def add(self, n: float, seconds: float) -> None:
+        """Take one timing: a batch of ``n`` items (or cost) held its slot ``seconds``."""
+        if not n > 0 or not math.isfinite(seconds) or seconds < 0:
             return  # nothing to learn (a dropped batch, a clock oddity)
         if self.samples >= self._warmup:
             residual = seconds - self.seconds(n)
@@ -133,7 +134,7 @@ class RateEstimator:
         weight: share of the newest gap (0 < weight <= 1).
     """
 
-    __slots__ = ("_gap", "_last", "_weight", "gaps")
+    __slots__ = ("_amount", "_gap", "_last", "_weight", "gaps")
 
     def __init__(self, *, weight: float = 0.1) -> None:
         if not 0 < weight <= 1:
@@ -141,22 +142,26 @@ class RateEstimator:
         self._weight = weight
         self._last: float | None = None
         self._gap = 0.0
+        # Weighted mean amount (cost) per arrival; 1 without costs.
+        self._amount = 1.0
         #: Gaps between arrivals seen so far.
         self.gaps = 0
 
-    def arrived(self, now: float) -> None:
-        """One arrival at time ``now`` (non-decreasing)."""
+    def arrived(self, now: float, amount: float = 1.0) -> None:
+        """One arrival at time ``now`` (non-decreasing), of ``amount`` (its cost)."""
         last = self._last
         self._last = now
         if last is None:
+            self._amount = amount
             return
+        self._amount += self._weight * (amount - self._amount)
         gap = max(now - last, 0.0)
         self._gap = gap if not self.gaps else self._gap + self._weight * (gap - self._gap)
         self.gaps += 1
 
     @property
     def rate(self) -> float:
-        """Arrivals per second (``inf`` if they all came at once; 0 before two)."""
+        """Arrivals (amount) per second (``inf`` if they came at once; 0 before two)."""
         if not self.gaps:
             return 0.0
-        return math.inf if self._gap == 0 else 1.0 / self._gap
+        return math.inf if self._gap == 0 else self._amount / self._gap
