@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 import trio_batch as tb
-from trio_batch.sim import load_scenario
+from trio_batch.sim import builtin_scenarios, load_scenario
 from trio_batch.sim.__main__ import main
 from trio_batch.sim._tune import (
     TunePoint,
@@ -71,6 +71,18 @@ def test_grid_is_static_policies_within_the_limits_then_adaptive() -> None:
     burst = load_scenario("burst")  # batches of 16
     hints = [p.min_size_hint for p in policy_grid(burst) if isinstance(p, tb.Balanced)]
     assert hints == [2, 4, 8, 16]
+
+
+def test_grid_delays_count_a_typical_item_cost() -> None:
+    # llm-tokens: 30 ms per call + 5 us per token, median prompt 250 tokens.
+    scenario = load_scenario("llm-tokens")
+    delays = [p.delay_seconds for p in policy_grid(scenario) if isinstance(p, tb.Duration)]
+    assert delays == [0.00313, 0.00781, 0.0156, 0.0312, 0.0625]
+
+
+def test_every_builtin_scenario_compares_adaptive() -> None:
+    for name in builtin_scenarios():
+        assert tb.Adaptive() in load_scenario(name).policies, name
 
 
 def test_grid_for_a_process_that_costs_nothing() -> None:

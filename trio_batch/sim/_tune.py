@@ -2,8 +2,9 @@
 
 For a scenario and one or more arrival-rate multipliers, :func:`tune` runs the
 grid of :func:`policy_grid` (``Immediate``; ``Size``; ``Duration`` at delays
-of 0.1x to 2x the cost of a one-item batch; ``Balanced`` at hints 2, 4, 8, ...
-up to ``max_batch_size``; and ``Adaptive()`` with no arguments) on the same
+of 0.1x to 2x the cost of a one-item batch, of a typical item with item costs;
+``Balanced`` at hints 2, 4, 8, ... up to ``max_batch_size``; and
+``Adaptive()`` with no arguments) on the same
 workload, each through the real batcher (``_run``), and reduces every run to
 one point: throughput (items that got their output per simulated second;
 rejected, withdrawn, failed and late items are losses and do not count) and
@@ -78,6 +79,11 @@ _HINTS: Final = (2, 4, 8, 16, 32)
 def policy_grid(scenario: Scenario) -> tuple[tb.Policy, ...]:
     """The policies ``--tune`` runs for ``scenario`` (static ones, then adaptive)."""
     unit = scenario.process.per_batch + scenario.process.per_item
+    costs = scenario.costs
+    if costs is not None:
+        # A typical item's cost (its median, or the constant value).
+        typical = costs.median if costs.median is not None else costs.value
+        unit += scenario.process.per_cost * (typical or 0.0)
     delays = (
         tuple(float(f"{unit * factor:.3g}") for factor in _DELAY_FACTORS)
         if unit > 0
