@@ -76,6 +76,15 @@ def test_package_is_typed() -> None:
 def test_batcher_has_one_construction_path() -> None:
     # Only open_batcher builds a Batcher; its constructor is not documented API.
     sig = inspect.signature(tb.open_batcher)
-    assert list(sig.parameters) == ["process", "acquire", "policy", "limits", "name", "observers"]
-    for name in ["acquire", "policy", "limits", "name", "observers"]:
+    options = ["dedupe", "cache", "cancel_abandoned"]
+    assert list(sig.parameters) == [
+        "process",
+        "acquire",
+        "policy",
+        "limits",
+        "name",
+        "observers",
+        *options,
+    ]
+    for name in ["acquire", "policy", "limits", "name", "observers", *options]:
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

@@ -44,6 +44,7 @@ __all__ = [
     "BatchFinished",
     "BatchOutcome",
     "BatchStarted",
+    "CacheHit",
     "ItemAccepted",
     "ItemRejected",
     "ItemWithdrawn",
@@ -85,6 +86,25 @@ class ItemAccepted:
     #: Identifies the item in later events; unique within the process.
     item_id: int
     #: ``trio.current_time()`` when it was accepted.
+    time: float
+    #: With ``dedupe``: the ``item_id`` of the item whose input this one shares
+    #: (it joined that item's batch without adding an input); ``None`` for an
+    #: item that brought its own input.
+    shares_with: int | None = None
+
+
+@final
+@attrs.frozen
+class CacheHit:
+    """``submit`` found the item's output in the ``cache``; nothing was queued."""
+
+    #: The batcher's ``name``.
+    batcher: str
+    #: The key the item was submitted under.
+    key: Any
+    #: Identifies the item; unique within the process.
+    item_id: int
+    #: ``trio.current_time()`` when it was answered.
     time: float
 
 
@@ -186,7 +206,8 @@ class Observer(Protocol):
     """Receives a batcher's events.
 
     Subclass it to inherit no-op hooks and override only those you need, or
-    implement all five methods structurally. Hooks run synchronously and must
+    implement the methods you need structurally (any that is missing is not
+    called). Hooks run synchronously and must
     not block. See :mod:`trio_batch.contrib` for Prometheus and OpenTelemetry.
     """
 
@@ -210,6 +231,10 @@ class Observer(Protocol):
         """A batch ended."""
         return
 
+    def cache_hit(self, event: CacheHit) -> None:
+        """An item's output came from the cache (nothing was queued)."""
+        return
+
 
 def _is_async(hook: object) -> bool:
     """``async def`` hooks (or callables whose ``__call__`` is one) would never run."""
@@ -221,7 +246,14 @@ def _is_async(hook: object) -> bool:
     )
 
 
-_HOOKS = ("item_accepted", "item_rejected", "item_withdrawn", "batch_started", "batch_finished")
+_HOOKS = (
+    "item_accepted",
+    "item_rejected",
+    "item_withdrawn",
+    "batch_started",
+    "batch_finished",
+    "cache_hit",
+)
 
 
 @final
