@@ -19,7 +19,14 @@ from conftest import MyError, Outcomes, Resources, submit_in_order
 import trio_batch as tb
 from trio_batch import BatchOutcome as Outcome, StartReason as Reason
 
-Event = tb.ItemAccepted | tb.ItemRejected | tb.ItemWithdrawn | tb.BatchStarted | tb.BatchFinished
+Event = (
+    tb.ItemAccepted
+    | tb.ItemRejected
+    | tb.ItemWithdrawn
+    | tb.BatchStarted
+    | tb.BatchFinished
+    | tb.CacheHit
+)
 
 
 class Events:
@@ -41,6 +48,9 @@ class Events:
         self.events.append(event)
 
     def batch_finished(self, event: tb.BatchFinished) -> None:
+        self.events.append(event)
+
+    def cache_hit(self, event: tb.CacheHit) -> None:
         self.events.append(event)
 
     def of(self, kind: type[Any]) -> list[Any]:
