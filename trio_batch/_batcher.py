@@ -790,28 +790,30 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
     def _admit(self, key: K, state: KeyState[I, Any]) -> None:
         """Move callers waiting for room into batches while there is room."""
         dispatch = self._dispatch
-        admitted: list[tuple[Any, Batch[I, Any], int | None]]
+        admitted: list[tuple[Any, Batch[I, Any], Slot[Any] | None]]
         if self._sharing:
             # An admitted caller may share a slot that appeared while it waited.
             admitted = []
             sharing = cast("SharingKeyState[I, Any]", state)
             for waiter, slot, batch, shared in sharing.admit_shared(self._policy, self._limits):
                 waiter.slot = slot
-                admitted.append((waiter, batch, slot.members[0].item_id if shared else None))
+                admitted.append((waiter, batch, slot if shared else None))
         else:
             admitted = [
                 (waiter, batch, None) for waiter, batch in state.admit(self._policy, self._limits)
             ]
-        for waiter, batch, shares_with in admitted:
+        for waiter, batch, joined in admitted:
             assert type(waiter) is _RoomWaiter or type(waiter) is _GroupItem
             waiter.batch = batch
+            # Read now: the caller it shares with may have been admitted just before.
+            shares_with = None if joined is None else joined.members[0].item_id
             if dispatch is not None:
                 waiter.item_id = new_id()
                 waiter.accepted_at = now = trio.current_time()
                 event = ItemAccepted(self._name, key, waiter.item_id, now, shares_with=shares_with)
                 assert waiter.context is not None
                 waiter.context.run(dispatch.emit, "item_accepted", event)
-            if batch.state == WAITING and shares_with is None:
+            if batch.state == WAITING and joined is None:
                 if self._timers is not None:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
