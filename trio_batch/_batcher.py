@@ -66,7 +66,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from types import CoroutineType
-from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
+from typing import Any, Generic, Literal, NoReturn, TypeVar, cast, final, overload
 
 import attrs
 import outcome
@@ -553,6 +553,21 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             raise placed
         assert isinstance(placed, _Waiter)
         return await trio.lowlevel.wait_task_rescheduled(placed.abort)  # type: ignore[no-any-return]
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: Literal[False] = False
+    ) -> list[O]: ...
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: Literal[True]
+    ) -> list[outcome.Outcome[O]]: ...
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: bool
+    ) -> list[O] | list[outcome.Outcome[O]]: ...
 
     @trio.lowlevel.enable_ki_protection
     async def submit_many(
