@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     AnyPolicy,
     MyError,
     Outcomes,
     ResourceRecorder,
     Resources,
+    harness,
     sleep_until,
-    stats,
-    submit_in_order,
 )
 
 import trio_batch as tb
@@ -46,13 +45,9 @@ async def test_acquire_is_called_per_batch_with_its_key(
 ) -> None:
     resources = Resources()
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "x", ["x1"])
-        await submit_in_order(nursery, outcomes, batcher, "y", ["y1"])
+    async with harness(process.with_resource, acquire=resources) as h:
+        await h.submit_in_order("x", ["x1"])
+        await h.submit_in_order("y", ["y1"])
     assert [(what, key) for what, key, _ in resources.events] == [
         ("enter", "x"),
         ("acquired", "x"),
@@ -75,20 +70,16 @@ async def test_acquire_is_released_when_process_fails(
         assert resources.kinds() == ["enter", "acquired"]
         raise error
 
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, acquire=resources) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        outcomes.spawn(nursery, batcher, "k", "a")
-        outcomes.spawn(nursery, batcher, "k", "b")
+    async with harness(process, acquire=resources) as h:
+        h.spawn("k", "a")
+        h.spawn("k", "b")
     assert resources.events == [
         ("enter", "k", 0.0),
         ("acquired", "k", 0.0),
         ("release:MyError", "k", 1.0),
     ]
-    assert outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
-    assert all(e.__cause__ is error for e in outcomes.errors.values())
+    assert h.outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
+    assert all(e.__cause__ is error for e in h.outcomes.errors.values())
 
 
 async def test_acquire_error_is_resource_acquisition_failed(
@@ -102,22 +93,21 @@ async def test_acquire_error_is_resource_acquisition_failed(
 
     resources = Resources(delay=0.5, enter_error=make_error)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process.with_resource, acquire=resources) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in ["a", "b", "c"]:
-                outcomes.spawn(nursery, batcher, "k", item)
+    async with harness(process.with_resource, acquire=resources) as h:
+        for item in ["a", "b", "c"]:
+            h.spawn("k", item)
+        await h.wait_for_callers()
         assert process.calls == []
-        assert outcomes.error_types() == dict.fromkeys("abc", tb.ResourceAcquisitionFailed)
+        assert h.outcomes.error_types() == dict.fromkeys("abc", tb.ResourceAcquisitionFailed)
         assert len(raised) == 1
-        assert all(e.__cause__ is raised[0] for e in outcomes.errors.values())
-        assert len({id(e) for e in outcomes.errors.values()}) == 3
-        assert set(outcomes.times.values()) == {0.5}
-        # The batcher carries on.
+        assert all(e.__cause__ is raised[0] for e in h.outcomes.errors.values())
+        assert len({id(e) for e in h.outcomes.errors.values()}) == 3
+        assert set(h.outcomes.times.values()) == {0.5}
+        # The h.batcher carries on.
         resources.enter_error = None
-        assert await batcher.submit("k", "d") == "k:d"
+        assert await h.batcher.submit("k", "d") == "k:d"
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)
     assert process.calls == [("k", ["d"], 1.0)]
 
 
@@ -132,18 +122,17 @@ async def test_error_on_release_after_process_returned_is_batch_failed(
 
     resources = Resources(exit_error=make_error)
     process = ResourceRecorder(resources, delay=1.0)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process.with_resource, acquire=resources) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")
-            outcomes.spawn(nursery, batcher, "k", "b")
-        # The batcher carries on.
+    async with harness(process.with_resource, acquire=resources) as h:
+        h.spawn("k", "a")
+        h.spawn("k", "b")
+        await h.wait_for_callers()
+        # The h.batcher carries on.
         resources.exit_error = None
-        assert await batcher.submit("k", "c") == "k:c"
+        assert await h.batcher.submit("k", "c") == "k:c"
     assert len(process.finished) == 2
-    assert outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
+    assert h.outcomes.error_types() == {"a": tb.BatchFailed, "b": tb.BatchFailed}
     assert len(raised) == 1
-    assert all(e.__cause__ is raised[0] for e in outcomes.errors.values())
+    assert all(e.__cause__ is raised[0] for e in h.outcomes.errors.values())
 
 
 async def test_acquire_is_released_when_every_item_is_withdrawn(
@@ -151,20 +140,16 @@ async def test_acquire_is_released_when_every_item_is_withdrawn(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        a_scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process.with_resource, acquire=resources) as h:
+        a_scope = h.spawn("k", "a")
         await sleep_until(0.5)
         a_scope.cancel()
         await sleep_until(2.0)
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)
         assert resources.held["k"] == 0
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
-    assert outcomes.error_types() == {"a": trio.Cancelled}
-    assert outcomes.times["a"] == 0.5
+        await h.submit_in_order("k", ["b"])
+    assert h.outcomes.error_types() == {"a": trio.Cancelled}
+    assert h.outcomes.times["a"] == 0.5
     # a was never processed; anything acquired for it was released.
     assert process.inputs() == [["b"]]
     assert resources.kinds().count("acquired") == len(
@@ -178,19 +163,15 @@ async def test_caller_withdrawn_while_acquiring_is_not_processed(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        a_scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process.with_resource, acquire=resources) as h:
+        a_scope = h.spawn("k", "a")
         await trio.testing.wait_all_tasks_blocked()
-        outcomes.spawn(nursery, batcher, "k", "b")
+        h.spawn("k", "b")
         await sleep_until(0.5)
         a_scope.cancel()
     assert process.calls == [("k", ["b"], 1.0)]
-    assert outcomes.error_types() == {"a": trio.Cancelled}
-    assert outcomes.values == {"b": "k:b"}
+    assert h.outcomes.error_types() == {"a": trio.Cancelled}
+    assert h.outcomes.values == {"b": "k:b"}
 
 
 async def test_acquire_is_released_on_teardown(autojump_clock: trio.testing.MockClock) -> None:
@@ -220,19 +201,15 @@ async def test_batch_keeps_filling_while_its_resource_is_acquired(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources, delay=0.5)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources, policy=policy) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process.with_resource, acquire=resources, policy=policy) as h:
+        await h.submit_in_order("k", ["a"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
         await sleep_until(0.75)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["c"])
+        await h.submit_in_order("k", ["c"])
     assert resources.times("enter") == [0.0]  # acquired as soon as it decided to start
     assert process.calls == [("k", ["a", "b", "c"], 1.0)]
-    assert outcomes.times == {"a": 1.5, "b": 1.5, "c": 1.5}
+    assert h.outcomes.times == {"a": 1.5, "b": 1.5, "c": 1.5}
 
 
 async def test_full_batch_stops_filling_while_acquiring(
@@ -240,14 +217,10 @@ async def test_full_batch_stops_filling_while_acquiring(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            process.with_resource, acquire=resources, limits=tb.Limits(max_batch_size=2)
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
+    async with harness(
+        process.with_resource, acquire=resources, limits=tb.Limits(max_batch_size=2)
+    ) as h:
+        await h.submit_in_order("k", ["a", "b", "c"])
     # [c] opened its own batch, which acquired at once too (a slot was free).
     assert resources.times("enter") == [0.0, 0.0]
     assert sorted(process.calls) == [("k", ["a", "b"], 1.0), ("k", ["c"], 1.0)]
@@ -268,24 +241,17 @@ async def test_size_and_duration_acquire_only_once_the_batch_is_ready(
 ) -> None:
     resources = Resources(delay=0.5)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            process.with_resource,
-            acquire=resources,
-            policy=policy,
-            limits=tb.Limits(max_batch_size=3),
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(
+        process.with_resource, acquire=resources, policy=policy, limits=tb.Limits(max_batch_size=3)
+    ) as h:
+        await h.submit_in_order("k", ["a"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
         assert resources.events == []  # not ready: nothing acquired yet
         if isinstance(policy, tb.Size):
             await sleep_until(1.0)
             assert resources.events == []
-            await submit_in_order(nursery, outcomes, batcher, "k", ["c"])  # full
+            await h.submit_in_order("k", ["c"])  # full
     assert resources.times("enter") == [enter_at]
     assert process.calls == [("k", items, enter_at + 0.5)]
 
@@ -295,16 +261,10 @@ async def test_duration_batch_keeps_filling_while_acquiring(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            process.with_resource, acquire=resources, policy=tb.Duration(0.5)
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process.with_resource, acquire=resources, policy=tb.Duration(0.5)) as h:
+        await h.submit_in_order("k", ["a"])
         await sleep_until(1.0)  # acquiring from 0.5 to 1.5
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert resources.times("enter") == [0.5]
     assert process.calls == [("k", ["a", "b"], 1.5)]
 
@@ -314,15 +274,11 @@ async def test_acquiring_batches_take_concurrency_slots(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources, delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=1, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process.with_resource, acquire=resources, limits=limits) as h:
+        await h.submit_in_order("k", ["a"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert resources.times("enter") == [0.0, 2.0]
     assert resources.max_held["k"] == 1
     assert process.calls == [("k", ["a"], 1.0), ("k", ["b"], 3.0)]
@@ -333,20 +289,16 @@ async def test_acquiring_batches_count_toward_max_batch_queue_size(
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources, delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=1, max_key_concurrency=5, max_batch_queue_size=2)
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process.with_resource, acquire=resources, limits=limits) as h:
         # [a] and [b] are started, full and still acquiring: the queue is full.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
-        assert outcomes.error_types() == {"c": tb.Rejected}
-        assert stats(batcher) == (1, 2, 2)
+        await h.submit_in_order("k", ["a", "b", "c"])
+        assert h.outcomes.error_types() == {"c": tb.Rejected}
+        assert h.stats() == (1, 2, 2)
         await sleep_until(1.5)  # both began processing at 1.0
-        assert stats(batcher) == (1, 0, 2)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["d"])
-    assert outcomes.values == {"a": "k:a", "b": "k:b", "d": "k:d"}
+        assert h.stats() == (1, 0, 2)
+        await h.submit_in_order("k", ["d"])
+    assert h.outcomes.values == {"a": "k:a", "b": "k:b", "d": "k:d"}
     assert sorted(process.inputs()) == [["a"], ["b"], ["d"]]
 
 
@@ -355,16 +307,12 @@ async def test_statistics_count_an_acquiring_batch_as_started_and_its_items_as_q
 ) -> None:
     resources = Resources(delay=1.0)
     process = ResourceRecorder(resources, delay=1.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process.with_resource, acquire=resources) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        outcomes.spawn(nursery, batcher, "k", "a")
-        outcomes.spawn(nursery, batcher, "k", "b")
+    async with harness(process.with_resource, acquire=resources) as h:
+        h.spawn("k", "a")
+        h.spawn("k", "b")
         await sleep_until(0.5)
-        assert stats(batcher) == (1, 2, 1)
+        assert h.stats() == (1, 2, 1)
         await sleep_until(1.5)
-        assert stats(batcher) == (1, 0, 1)
+        assert h.stats() == (1, 0, 1)
         await sleep_until(2.5)
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)

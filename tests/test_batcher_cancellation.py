@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     ALL_POLICIES,
     AnyPolicy,
+    Harness,
     Outcomes,
     Recorder,
+    harness,
     rejects_when_full,
     sleep_until,
     stats,
-    submit_in_order,
 )
 
 import trio_batch as tb
@@ -23,12 +24,10 @@ FIRST_START = {"duration-reject": 0.5}
 POLICY_IDS = [p.id for p in ALL_POLICIES]
 
 
-async def _hold_the_slot(
-    nursery: trio.Nursery, outcomes: Outcomes, batcher: tb.Batcher[str, str, str]
-) -> None:
+async def _hold_the_slot(h: Harness) -> None:
     """Submit a full batch [h1, h2] in one round: it takes the key's only slot."""
-    outcomes.spawn(nursery, batcher, "k", "h1")
-    outcomes.spawn(nursery, batcher, "k", "h2")
+    h.spawn("k", "h1")
+    h.spawn("k", "h2")
     await trio.testing.wait_all_tasks_blocked()
 
 
@@ -38,26 +37,22 @@ async def test_caller_cancelled_before_processing_is_withdrawn(
 ) -> None:
     first_start = FIRST_START.get(request.node.callspec.id, 0.0)
     process = Recorder(delay=10.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await _hold_the_slot(nursery, outcomes, batcher)
+    async with harness(process, policy=policy, limits=limits) as h:
+        await _hold_the_slot(h)
         await sleep_until(1.0)
-        b_scope = outcomes.spawn(nursery, batcher, "k", "b")
+        b_scope = h.spawn("k", "b")
         await trio.testing.wait_all_tasks_blocked()
-        outcomes.spawn(nursery, batcher, "k", "c")
+        h.spawn("k", "c")
         await sleep_until(2.0)
         b_scope.cancel()
-    assert isinstance(outcomes.errors["b"], trio.Cancelled)
-    assert outcomes.times["b"] == 2.0
+    assert isinstance(h.outcomes.errors["b"], trio.Cancelled)
+    assert h.outcomes.times["b"] == 2.0
     assert [(k, sorted(i), t) for k, i, t in process.calls] == [
         ("k", ["h1", "h2"], first_start),
         ("k", ["c"], first_start + 10.0),
     ]
-    assert outcomes.values == {"h1": "k:h1", "h2": "k:h2", "c": "k:c"}
+    assert h.outcomes.values == {"h1": "k:h1", "h2": "k:h2", "c": "k:c"}
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
@@ -66,73 +61,61 @@ async def test_batch_whose_items_are_all_withdrawn_is_dropped(
 ) -> None:
     first_start = FIRST_START.get(request.node.callspec.id, 0.0)
     process = Recorder(delay=10.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await _hold_the_slot(nursery, outcomes, batcher)
+    async with harness(process, policy=policy, limits=limits) as h:
+        await _hold_the_slot(h)
         await sleep_until(1.0)
-        b_scope = outcomes.spawn(nursery, batcher, "k", "b")
+        b_scope = h.spawn("k", "b")
         await trio.testing.wait_all_tasks_blocked()
-        c_scope = outcomes.spawn(nursery, batcher, "k", "c")
+        c_scope = h.spawn("k", "c")
         await sleep_until(2.0)
-        assert stats(batcher) == (1, 2, 1)
+        assert h.stats() == (1, 2, 1)
         b_scope.cancel()
         c_scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (1, 0, 1)
+        assert h.stats() == (1, 0, 1)
         await sleep_until(first_start + 10.5)
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)
         # The slot was not leaked: a new full batch runs at once.
-        outcomes.spawn(nursery, batcher, "k", "d")
-        outcomes.spawn(nursery, batcher, "k", "e")
+        h.spawn("k", "d")
+        h.spawn("k", "e")
     d_start = first_start + 10.5 + (0.5 if rejects_when_full(policy) else 0.0)
     assert [(k, sorted(i), t) for k, i, t in process.calls] == [
         ("k", ["h1", "h2"], first_start),
         ("k", ["d", "e"], d_start),
     ]
-    assert outcomes.error_types() == {"b": trio.Cancelled, "c": trio.Cancelled}
+    assert h.outcomes.error_types() == {"b": trio.Cancelled, "c": trio.Cancelled}
 
 
 async def test_withdrawn_partial_size_batch_is_dropped_and_key_forgotten(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Size()) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process, policy=tb.Size()) as h:
+        scope = h.spawn("k", "a")
         await trio.sleep(1.0)
-        assert stats(batcher) == (1, 1, 0)
+        assert h.stats() == (1, 1, 0)
         scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
+        assert h.stats() == (0, 0, 0)
     # Draining at exit found nothing to flush.
     assert process.calls == []
-    assert outcomes.times == {"a": 1.0}
+    assert h.outcomes.times == {"a": 1.0}
 
 
 async def test_withdrawn_item_leaves_the_rest_of_a_waiting_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(1.0)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        a_scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process, policy=tb.Duration(1.0)) as h:
+        a_scope = h.spawn("k", "a")
         await trio.testing.wait_all_tasks_blocked()
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b", "c"])
+        await h.submit_in_order("k", ["b", "c"])
         await sleep_until(0.5)
         a_scope.cancel()
     assert process.calls == [("k", ["b", "c"], 1.0)]
-    assert outcomes.error_types() == {"a": trio.Cancelled}
-    assert outcomes.times == {"a": 0.5, "b": 1.0, "c": 1.0}
+    assert h.outcomes.error_types() == {"a": trio.Cancelled}
+    assert h.outcomes.times == {"a": 0.5, "b": 1.0, "c": 1.0}
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
@@ -141,45 +124,37 @@ async def test_caller_cancelled_during_processing_sees_cancelled_at_once(
 ) -> None:
     start = FIRST_START.get(request.node.callspec.id, 0.0)
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=policy, limits=tb.Limits(max_batch_size=3)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        outcomes.spawn(nursery, batcher, "k", "a")
-        b_scope = outcomes.spawn(nursery, batcher, "k", "b")
-        outcomes.spawn(nursery, batcher, "k", "c")
+    async with harness(process, policy=policy, limits=tb.Limits(max_batch_size=3)) as h:
+        h.spawn("k", "a")
+        b_scope = h.spawn("k", "b")
+        h.spawn("k", "c")
         await sleep_until(start + 0.25)
         assert len(process.calls) == 1  # processing has begun
         b_scope.cancel()
     # The caller saw Cancelled when it was cancelled, not at the end of the batch.
-    assert isinstance(outcomes.errors["b"], trio.Cancelled)
-    assert outcomes.times["b"] == start + 0.25
+    assert isinstance(h.outcomes.errors["b"], trio.Cancelled)
+    assert h.outcomes.times["b"] == start + 0.25
     # The batch carried on for the others: not cancelled, outputs delivered.
     assert process.cancelled == []
     assert [(k, sorted(i), t) for k, i, t in process.finished] == [
         ("k", ["a", "b", "c"], start + 1.0)
     ]
-    assert outcomes.values == {"a": "k:a", "c": "k:c"}
-    assert outcomes.times["a"] == outcomes.times["c"] == start + 1.0
+    assert h.outcomes.values == {"a": "k:a", "c": "k:c"}
+    assert h.outcomes.times["a"] == h.outcomes.times["c"] == start + 1.0
 
 
 async def test_sole_caller_cancelled_during_processing_does_not_free_the_slot_early(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        a_scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process, policy=tb.Immediate(), limits=limits) as h:
+        a_scope = h.spawn("k", "a")
         await sleep_until(0.5)
         a_scope.cancel()
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
-    assert outcomes.times["a"] == 0.5
-    assert isinstance(outcomes.errors["a"], trio.Cancelled)
+        await h.submit_in_order("k", ["b"])
+    assert h.outcomes.times["a"] == 0.5
+    assert isinstance(h.outcomes.errors["a"], trio.Cancelled)
     assert process.finished == [("k", ["a"], 1.0), ("k", ["b"], 2.0)]
     assert process.max_running["k"] == 1
 

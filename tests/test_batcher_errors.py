@@ -8,15 +8,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     ALL_POLICIES_SIZE_ONE,
     AnyPolicy,
     MyError,
-    Outcomes,
     Recorder,
     Resources,
+    harness,
     stats,
-    submit_in_order,
 )
 
 import trio_batch as tb
@@ -50,20 +49,19 @@ async def test_batch_failed_to_every_caller_with_the_process_error_as_cause(
         raised.append(MyError(f"boom {inputs}"))
         raise raised[-1]
 
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for item in range(3):
-            outcomes.spawn(nursery, batcher, "k", item)
+            h.spawn("k", item)
     assert len(raised) == 1
-    assert outcomes.values == {}
-    assert set(outcomes.errors) == {0, 1, 2}
-    errors = list(outcomes.errors.values())
+    assert h.outcomes.values == {}
+    assert set(h.outcomes.errors) == {0, 1, 2}
+    errors = list(h.outcomes.errors.values())
     for error in errors:
         assert type(error) is tb.BatchFailed
         assert error.__cause__ is raised[0]
     # Each caller got its own BatchFailed instance.
     assert len({id(error) for error in errors}) == 3
-    assert outcomes.times == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert h.outcomes.times == {0: 1.0, 1: 1.0, 2: 1.0}
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES_SIZE_ONE)
@@ -99,15 +97,11 @@ async def test_a_failure_does_not_affect_a_concurrent_batch_of_the_same_key(
             raise MyError
         return inputs
 
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate()) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["good", "bad"])
-    assert outcomes.values == {"good": "good"}
-    assert outcomes.error_types() == {"bad": tb.BatchFailed}
-    assert outcomes.times == {"bad": 1.0, "good": 2.0}
+    async with harness(process, policy=tb.Immediate()) as h:
+        await h.submit_in_order("k", ["good", "bad"])
+    assert h.outcomes.values == {"good": "good"}
+    assert h.outcomes.error_types() == {"bad": tb.BatchFailed}
+    assert h.outcomes.times == {"bad": 1.0, "good": 2.0}
 
 
 # --- ProcessorContractError -------------------------------------------------
@@ -122,15 +116,14 @@ async def test_wrong_number_of_outputs_is_a_contract_error_for_every_caller(
             return inputs
         return list(range(max(0, len(inputs) + delta)))
 
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                outcomes.spawn(nursery, batcher, "k", item)
-        # The batcher carries on.
-        assert await batcher.submit("ok", 7) == 7
-    assert outcomes.values == {}
-    assert outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
+    async with harness(process) as h:
+        for item in range(3):
+            h.spawn("k", item)
+        await h.wait_for_callers()
+        # The h.batcher carries on.
+        assert await h.batcher.submit("ok", 7) == 7
+    assert h.outcomes.values == {}
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
 
 
 def _gen(inputs: list[int]) -> Any:
@@ -153,12 +146,11 @@ async def test_non_sequence_result_is_a_contract_error(
     async def process(key: str, inputs: list[int]) -> Any:
         return make_result(inputs)
 
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for item in range(3):
-            outcomes.spawn(nursery, batcher, "k", item)
-    assert outcomes.values == {}
-    assert outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
+            h.spawn("k", item)
+    assert h.outcomes.values == {}
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
 
 
 async def test_any_sequence_of_the_right_length_is_accepted(
@@ -167,11 +159,10 @@ async def test_any_sequence_of_the_right_length_is_accepted(
     async def process(key: str, inputs: list[int]) -> tuple[int, ...]:
         return tuple(x * 10 for x in inputs)
 
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for item in range(3):
-            outcomes.spawn(nursery, batcher, "k", item)
-    assert outcomes.values == {0: 0, 1: 10, 2: 20}
+            h.spawn("k", item)
+    assert h.outcomes.values == {0: 0, 1: 10, 2: 20}
 
 
 async def test_process_that_is_not_async_is_a_contract_error(
@@ -184,15 +175,14 @@ async def test_process_that_is_not_async_is_a_contract_error(
         return inputs
 
     process: Any = sync_process
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                outcomes.spawn(nursery, batcher, "k", item)
+    async with harness(process) as h:
+        for item in range(3):
+            h.spawn("k", item)
+        await h.wait_for_callers()
         await trio.testing.wait_all_tasks_blocked()
-        assert stats(batcher) == (0, 0, 0)
-    assert outcomes.values == {}
-    assert outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
+        assert h.stats() == (0, 0, 0)
+    assert h.outcomes.values == {}
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ProcessorContractError)
 
 
 # --- Rejected ---------------------------------------------------------------
@@ -211,22 +201,18 @@ async def test_rejected_when_the_queue_holds_max_batch_queue_size_batches(
     autojump_clock: trio.testing.MockClock, policy: AnyPolicy
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=2)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=policy, limits=limits) as h:
         # [a] runs; [b] and [c] fill the queue.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
-        assert stats(batcher) == (1, 2, 1)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["d"])
-        assert outcomes.error_types() == {"d": tb.Rejected}
-        assert outcomes.times["d"] == 0.0
-        assert stats(batcher) == (1, 2, 1)  # nothing changed
+        await h.submit_in_order("k", ["a", "b", "c"])
+        assert h.stats() == (1, 2, 1)
+        await h.submit_in_order("k", ["d"])
+        assert h.outcomes.error_types() == {"d": tb.Rejected}
+        assert h.outcomes.times["d"] == 0.0
+        assert h.stats() == (1, 2, 1)  # nothing changed
         # Another key is not affected.
-        await submit_in_order(nursery, outcomes, batcher, "other", ["e"])
-        assert "e" not in outcomes.errors
+        await h.submit_in_order("other", ["e"])
+        assert "e" not in h.outcomes.errors
     assert process.calls == [
         ("k", ["a"], 0.0),
         ("other", ["e"], 0.0),
@@ -240,16 +226,12 @@ async def test_rejected_until_a_batch_begins_processing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
+    async with harness(process, policy=tb.Immediate(), limits=limits) as h:
+        await h.submit_in_order("k", ["a", "b", "c"])
         await trio.sleep(1.5)  # [b] began processing at 1.0: the queue has room
-        await submit_in_order(nursery, outcomes, batcher, "k", ["d"])
-    assert outcomes.error_types() == {"c": tb.Rejected}
+        await h.submit_in_order("k", ["d"])
+    assert h.outcomes.error_types() == {"c": tb.Rejected}
     assert process.inputs() == [["a"], ["b"], ["d"]]
 
 
@@ -257,15 +239,11 @@ async def test_item_joining_a_batch_with_room_is_not_rejected(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=3, max_key_concurrency=1, max_batch_queue_size=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", list("abcdef"))
+    async with harness(process, policy=tb.Immediate(), limits=limits) as h:
+        await h.submit_in_order("k", list("abcdef"))
     # [a] runs; [b, c, d] is the one queued batch; e and f would need a second one.
-    assert outcomes.error_types() == {"e": tb.Rejected, "f": tb.Rejected}
+    assert h.outcomes.error_types() == {"e": tb.Rejected, "f": tb.Rejected}
     assert process.inputs() == [["a"], ["b", "c", "d"]]
 
 
@@ -292,8 +270,8 @@ async def test_base_exception_from_process_is_not_swallowed(
 
     caught: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery, tb.open_batcher(process) as batcher:
-            Outcomes().spawn(nursery, batcher, "k", 1)
+        async with harness(process, callers_outlive_block=True) as h:
+            h.spawn("k", 1)
             await trio.sleep(5.0)
     except BaseException as exc:
         caught = exc
@@ -313,11 +291,8 @@ async def test_base_exception_from_acquire_is_not_swallowed(
 
     caught: BaseException | None = None
     try:
-        async with (
-            trio.open_nursery() as nursery,
-            tb.open_batcher(process, acquire=resources) as batcher,
-        ):
-            Outcomes().spawn(nursery, batcher, "k", 1)
+        async with harness(process, acquire=resources, callers_outlive_block=True) as h:
+            h.spawn("k", 1)
             await trio.sleep(5.0)
     except BaseException as exc:
         caught = exc

@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from conftest import (
-    ALL_POLICIES,
-    AnyPolicy,
-    Outcomes,
-    Recorder,
-    rejects_when_full,
-    sleep_until,
-    submit_in_order,
-)
+from tutil import ALL_POLICIES, AnyPolicy, Recorder, harness, rejects_when_full, sleep_until
 
 import trio_batch as tb
 
@@ -32,17 +24,13 @@ async def test_immediate_keeps_filling_in_the_same_scheduling_round(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate()) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=tb.Immediate()) as h:
         for item in range(5):
-            outcomes.spawn(nursery, batcher, "k", item)
+            h.spawn("k", item)
     assert len(process.calls) == 1
     key, inputs, started = process.calls[0]
     assert (key, sorted(inputs), started) == ("k", [0, 1, 2, 3, 4], 0.0)
-    assert outcomes.values == {i: f"k:{i}" for i in range(5)}
+    assert h.outcomes.values == {i: f"k:{i}" for i in range(5)}
 
 
 async def test_immediate_same_round_overflow_opens_next_batch(
@@ -50,12 +38,9 @@ async def test_immediate_same_round_overflow_opens_next_batch(
 ) -> None:
     process = Recorder(delay=1.0)
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=10)
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=tb.Immediate(), limits=limits) as h:
         for item in range(5):
-            Outcomes().spawn(nursery, batcher, "k", item)
+            h.spawn("k", item)
     # Three batches, all started at once: sizes 2, 2, 1.
     assert sorted(len(inputs) for inputs in process.inputs()) == [1, 2, 2]
     assert sorted(process.processed()) == [0, 1, 2, 3, 4]
@@ -66,35 +51,27 @@ async def test_immediate_item_after_processing_began_opens_new_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate()) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=tb.Immediate()) as h:
+        await h.submit_in_order("k", ["a"])
         await trio.sleep(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert process.calls == [("k", ["a"], 0.0), ("k", ["b"], 0.5)]
-    assert outcomes.times == {"a": 1.0, "b": 1.5}
+    assert h.outcomes.times == {"a": 1.0, "b": 1.5}
 
 
 async def test_immediate_on_finish_starts_oldest_batch_whatever_its_size(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c", "d"])
+    async with harness(process, policy=tb.Immediate(), limits=limits) as h:
+        await h.submit_in_order("k", ["a", "b", "c", "d"])
     assert process.calls == [
         ("k", ["a"], 0.0),
         ("k", ["b", "c"], 1.0),
         ("k", ["d"], 2.0),
     ]
-    assert outcomes.values == {x: f"k:{x}" for x in "abcd"}
+    assert h.outcomes.values == {x: f"k:{x}" for x in "abcd"}
 
 
 # --- Size -------------------------------------------------------------------
@@ -102,29 +79,21 @@ async def test_immediate_on_finish_starts_oldest_batch_whatever_its_size(
 
 async def test_size_starts_only_when_full(autojump_clock: trio.testing.MockClock) -> None:
     process = Recorder(delay=0.25)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=3)
-    async with (
-        tb.open_batcher(process, policy=tb.Size(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", [1, 2])
+    async with harness(process, policy=tb.Size(), limits=limits) as h:
+        await h.submit_in_order("k", [1, 2])
         await trio.sleep(10)
         assert process.calls == []
-        await submit_in_order(nursery, outcomes, batcher, "k", [3])
+        await h.submit_in_order("k", [3])
     assert process.calls == [("k", [1, 2, 3], 10.0)]
-    assert outcomes.times == {1: 10.25, 2: 10.25, 3: 10.25}
+    assert h.outcomes.times == {1: 10.25, 2: 10.25, 3: 10.25}
 
 
 async def test_size_full_batch_waits_for_a_slot(autojump_clock: trio.testing.MockClock) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Size(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c", "d"])
+    async with harness(process, policy=tb.Size(), limits=limits) as h:
+        await h.submit_in_order("k", ["a", "b", "c", "d"])
     assert process.calls == [("k", ["a", "b"], 0.0), ("k", ["c", "d"], 1.0)]
 
 
@@ -132,40 +101,32 @@ async def test_size_on_finish_starts_oldest_only_if_full(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Size(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=tb.Size(), limits=limits) as h:
         # [a, b] starts at 0; [c, d] is full and waits; [e] is partial.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c", "d", "e"])
+        await h.submit_in_order("k", ["a", "b", "c", "d", "e"])
         await sleep_until(5.0)
         # [e] did not start when [c, d] finished at 2.
         assert process.calls == [("k", ["a", "b"], 0.0), ("k", ["c", "d"], 1.0)]
-        await submit_in_order(nursery, outcomes, batcher, "k", ["f"])
+        await h.submit_in_order("k", ["f"])
     assert process.calls[2] == ("k", ["e", "f"], 5.0)
-    assert outcomes.times["e"] == outcomes.times["f"] == 6.0
+    assert h.outcomes.times["e"] == h.outcomes.times["f"] == 6.0
 
 
 async def test_size_batch_that_was_full_stays_ready_after_a_withdrawal(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Size(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
-        d_scope = outcomes.spawn(nursery, batcher, "k", "d")
+    async with harness(process, policy=tb.Size(), limits=limits) as h:
+        await h.submit_in_order("k", ["a", "b", "c"])
+        d_scope = h.spawn("k", "d")
         await trio.sleep(0.5)
         d_scope.cancel()  # [c, d] was full; it stays ready with [c] only
         await sleep_until(3.0)
         assert process.calls == [("k", ["a", "b"], 0.0), ("k", ["c"], 1.0)]
-        assert outcomes.times["c"] == 2.0
-    assert isinstance(outcomes.errors["d"], trio.Cancelled)
+        assert h.outcomes.times["c"] == 2.0
+    assert isinstance(h.outcomes.errors["d"], trio.Cancelled)
 
 
 # --- Duration ---------------------------------------------------------------
@@ -176,16 +137,12 @@ async def test_duration_starts_when_the_timer_expires(
     autojump_clock: trio.testing.MockClock, on_full: tb.OnFull
 ) -> None:
     process = Recorder(delay=0.25)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(0.5, on_full=on_full)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=tb.Duration(0.5, on_full=on_full)) as h:
+        await h.submit_in_order("k", ["a"])
         await trio.sleep(0.25)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert process.calls == [("k", ["a", "b"], 0.5)]
-    assert outcomes.times == {"a": 0.75, "b": 0.75}
+    assert h.outcomes.times == {"a": 0.75, "b": 0.75}
 
 
 async def test_duration_zero_delay_starts_at_once(autojump_clock: trio.testing.MockClock) -> None:
@@ -199,14 +156,10 @@ async def test_duration_is_a_maximum_age_not_a_debounce(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(0.875)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=tb.Duration(0.875)) as h:
         # A steady trickle, one item every 0.25 s, never a 0.875 s gap.
         for item in range(12):
-            outcomes.spawn(nursery, batcher, "k", item)
+            h.spawn("k", item)
             await trio.sleep(0.25)
     assert process.calls == [
         ("k", [0, 1, 2, 3], 0.875),
@@ -219,15 +172,11 @@ async def test_duration_on_full_process_is_ready_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
     policy = tb.Duration(10.0, on_full=tb.OnFull.PROCESS)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as h:
+        await h.submit_in_order("k", ["a"])
         await trio.sleep(1.0)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b", "c"])
+        await h.submit_in_order("k", ["b", "c"])
     # [a, b] full at 1 -> starts at 1; [c] opened at 1 -> timer expires at 11.
     assert process.calls == [("k", ["a", "b"], 1.0), ("k", ["c"], 11.0)]
 
@@ -236,24 +185,20 @@ async def test_duration_on_full_reject_waits_for_timer_and_rejects_arrivals(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
     policy = tb.Duration(10.0, on_full=tb.OnFull.REJECT)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as h:
+        await h.submit_in_order("k", ["a"])
         await trio.sleep(1.0)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
         await trio.sleep(1.0)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["c"])
-        assert isinstance(outcomes.errors["c"], tb.Rejected)
-        assert outcomes.times["c"] == 2.0
+        await h.submit_in_order("k", ["c"])
+        assert isinstance(h.outcomes.errors["c"], tb.Rejected)
+        assert h.outcomes.times["c"] == 2.0
         await sleep_until(10.5)
         # Once [a, b] has begun processing, a new batch can open.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["d"])
+        await h.submit_in_order("k", ["d"])
     assert process.calls == [("k", ["a", "b"], 10.0), ("k", ["d"], 20.5)]
-    assert outcomes.values == {"a": "k:a", "b": "k:b", "d": "k:d"}
+    assert h.outcomes.values == {"a": "k:a", "b": "k:b", "d": "k:d"}
 
 
 @pytest.mark.parametrize(
@@ -263,17 +208,13 @@ async def test_duration_full_batch_and_a_freed_slot(
     autojump_clock: trio.testing.MockClock, on_full: tb.OnFull, expected_start: float
 ) -> None:
     process = Recorder(delay=0.5)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1)
     policy = tb.Duration(1.0, on_full=on_full)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])  # runs 1.0 - 1.5
+    async with harness(process, policy=policy, limits=limits) as h:
+        await h.submit_in_order("k", ["a"])  # runs 1.0 - 1.5
         await sleep_until(1.25)
         # [b, c] is full at 1.25, timer at 2.25; the slot frees at 1.5.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b", "c"])
+        await h.submit_in_order("k", ["b", "c"])
     assert process.calls == [("k", ["a"], 1.0), ("k", ["b", "c"], expected_start)]
 
 
@@ -281,15 +222,11 @@ async def test_duration_on_finish_starts_an_expired_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=2.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(0.5), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])  # runs 0.5 - 2.5
+    async with harness(process, policy=tb.Duration(0.5), limits=limits) as h:
+        await h.submit_in_order("k", ["a"])  # runs 0.5 - 2.5
         await sleep_until(1.0)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])  # expires at 1.5
+        await h.submit_in_order("k", ["b"])  # expires at 1.5
     assert process.calls == [("k", ["a"], 0.5), ("k", ["b"], 2.5)]
 
 
@@ -297,15 +234,11 @@ async def test_duration_on_finish_does_not_start_a_young_partial_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=0.5)
-    outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(1.0), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])  # runs 1.0 - 1.5
+    async with harness(process, policy=tb.Duration(1.0), limits=limits) as h:
+        await h.submit_in_order("k", ["a"])  # runs 1.0 - 1.5
         await sleep_until(1.25)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])  # expires at 2.25
+        await h.submit_in_order("k", ["b"])  # expires at 2.25
     assert process.calls == [("k", ["a"], 1.0), ("k", ["b"], 2.25)]
 
 
@@ -313,17 +246,11 @@ async def test_duration_timer_of_processed_batch_does_not_flush_the_next(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            process, policy=tb.Duration(1.0), limits=tb.Limits(max_batch_size=2)
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=tb.Duration(1.0), limits=tb.Limits(max_batch_size=2)) as h:
         # [a, b] is full at 0 and processed at once; its timer (1.0) is stale.
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
+        await h.submit_in_order("k", ["a", "b"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["c"])
+        await h.submit_in_order("k", ["c"])
     assert process.calls == [("k", ["a", "b"], 0.0), ("k", ["c"], 1.5)]
 
 
@@ -331,30 +258,22 @@ async def test_duration_timer_of_withdrawn_batch_does_not_flush_the_next(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(1.0)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        a_scope = outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(process, policy=tb.Duration(1.0)) as h:
+        a_scope = h.spawn("k", "a")
         await sleep_until(0.5)
         a_scope.cancel()  # [a] is dropped; its timer (1.0) is stale
         await sleep_until(0.75)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert process.calls == [("k", ["b"], 1.75)]
-    assert isinstance(outcomes.errors["a"], trio.Cancelled)
+    assert isinstance(h.outcomes.errors["a"], trio.Cancelled)
 
 
 async def test_duration_timers_are_per_batch(autojump_clock: trio.testing.MockClock) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Duration(1.0)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "x", ["x1"])
+    async with harness(process, policy=tb.Duration(1.0)) as h:
+        await h.submit_in_order("x", ["x1"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "y", ["y1"])
+        await h.submit_in_order("y", ["y1"])
     assert process.calls == [("x", ["x1"], 1.0), ("y", ["y1"], 1.5)]
 
 
@@ -376,15 +295,11 @@ async def test_balanced_waits_for_hint_while_a_batch_is_started(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=10.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Balanced(3)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=tb.Balanced(3)) as h:
+        await h.submit_in_order("k", ["a"])
         for t, item in [(1.0, "b"), (2.0, "c"), (3.0, "d"), (4.0, "e")]:
             await sleep_until(t)
-            await submit_in_order(nursery, outcomes, batcher, "k", [item])
+            await h.submit_in_order("k", [item])
         assert process.calls == [("k", ["a"], 0.0), ("k", ["b", "c", "d"], 3.0)]
     # [e] waits for the hint until a batch finishes (at 10), then starts.
     assert process.calls[2] == ("k", ["e"], 10.0)
@@ -394,14 +309,10 @@ async def test_balanced_on_finish_starts_oldest_batch_whatever_its_size(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=tb.Balanced(3)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
+    async with harness(process, policy=tb.Balanced(3)) as h:
+        await h.submit_in_order("k", ["a"])
         await sleep_until(0.5)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["b"])
+        await h.submit_in_order("k", ["b"])
     assert process.calls == [("k", ["a"], 0.0), ("k", ["b"], 1.0)]
 
 
@@ -409,13 +320,9 @@ async def test_balanced_hint_batch_waits_for_a_slot(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
-    async with (
-        tb.open_batcher(process, policy=tb.Balanced(2), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
+    async with harness(process, policy=tb.Balanced(2), limits=limits) as h:
+        await h.submit_in_order("k", ["a", "b", "c"])
     assert process.calls == [("k", ["a"], 0.0), ("k", ["b", "c"], 1.0)]
 
 
@@ -427,16 +334,12 @@ async def test_max_key_concurrency_is_never_exceeded(
     autojump_clock: trio.testing.MockClock, policy: AnyPolicy
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=2, max_batch_queue_size=50)
-    async with (
-        tb.open_batcher(process, policy=policy, limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=policy, limits=limits) as h:
         for round_ in range(4):
             for i in range(10):
                 for key in ("x", "y"):
-                    outcomes.spawn(nursery, batcher, key, (key, round_, i))
+                    h.spawn(key, (key, round_, i))
             await trio.sleep(0.25)
     assert set(process.max_running) == {"x", "y"}
     assert max(process.max_running.values()) <= 2
@@ -444,10 +347,10 @@ async def test_max_key_concurrency_is_never_exceeded(
         # The limit is per key: both keys ran two batches at once.
         assert process.max_running == {"x": 2, "y": 2}
         assert process.max_running_total == 4
-        assert outcomes.errors == {}
-    assert len(outcomes.values) + len(outcomes.errors) == 80
-    assert all(isinstance(e, tb.Rejected) for e in outcomes.errors.values())
-    assert sorted(process.processed()) == sorted(outcomes.values)
+        assert h.outcomes.errors == {}
+    assert len(h.outcomes.values) + len(h.outcomes.errors) == 80
+    assert all(isinstance(e, tb.Rejected) for e in h.outcomes.errors.values())
+    assert sorted(process.processed()) == sorted(h.outcomes.values)
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
@@ -455,16 +358,12 @@ async def test_keys_are_batched_separately(
     autojump_clock: trio.testing.MockClock, policy: AnyPolicy
 ) -> None:
     process = Recorder()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as batcher,
-        trio.open_nursery() as nursery,
-    ):
+    async with harness(process, policy=policy, limits=tb.Limits(max_batch_size=2)) as h:
         for key in ("x", "y"):
-            outcomes.spawn(nursery, batcher, key, f"{key}1")
-            outcomes.spawn(nursery, batcher, key, f"{key}2")
+            h.spawn(key, f"{key}1")
+            h.spawn(key, f"{key}2")
     assert sorted((key, sorted(inputs)) for key, inputs, _ in process.calls) == [
         ("x", ["x1", "x2"]),
         ("y", ["y1", "y2"]),
     ]
-    assert outcomes.values == {"x1": "x:x1", "x2": "x:x2", "y1": "y:y1", "y2": "y:y2"}
+    assert h.outcomes.values == {"x1": "x:x1", "x2": "x:x2", "y1": "y:y1", "y2": "y:y2"}

@@ -15,7 +15,7 @@ import contextvars
 
 import trio
 import trio.testing
-from conftest import Outcomes, Recorder
+from tutil import Events, Outcomes, Recorder, harness
 
 import trio_batch as tb
 from trio_batch._runners import MAX_IDLE_RUNNERS as _MAX_IDLE_RUNNERS
@@ -35,11 +35,10 @@ async def test_batches_that_do_not_block_share_a_runner_but_not_a_context() -> N
         return inputs
 
     keys = [f"k{i}" for i in range(20)]
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for i, key in enumerate(keys):
-            outcomes.spawn(nursery, batcher, key, i)
-    assert outcomes.values == dict(enumerate(range(20)))
+            h.spawn(key, i)
+    assert h.outcomes.values == dict(enumerate(range(20)))
     # Twenty batches started in one tick, none blocked: one task ran them all...
     assert len(tasks) == 1
     # ...yet none saw what another batch set in its context.
@@ -51,14 +50,13 @@ async def test_a_blocking_batch_does_not_hold_up_the_batches_started_with_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     process = Recorder(delay=1.0)
-    outcomes = Outcomes()
-    async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+    async with harness(process) as h:
         for i in range(50):
-            outcomes.spawn(nursery, batcher, f"k{i}", i)
+            h.spawn(f"k{i}", i)
     # All fifty began at 0 and ran side by side, though they started in one tick.
-    assert len(outcomes.values) == 50
+    assert len(h.outcomes.values) == 50
     assert {start for _, _, start in process.calls} == {0.0}
-    assert set(outcomes.times.values()) == {1.0}
+    assert set(h.outcomes.times.values()) == {1.0}
     assert process.max_running_total == 50
 
 
@@ -83,15 +81,14 @@ async def test_when_a_batch_blocks_the_others_are_handed_over_at_once(
         await trio.sleep(1)
         return inputs
 
-    outcomes = Outcomes()
     trio.lowlevel.add_instrument(ticks)
     try:
-        async with tb.open_batcher(process) as batcher, trio.open_nursery() as nursery:
+        async with harness(process) as h:
             for i in range(20):
-                outcomes.spawn(nursery, batcher, f"k{i}", i)
+                h.spawn(f"k{i}", i)
     finally:
         trio.lowlevel.remove_instrument(ticks)
-    assert len(outcomes.values) == 20
+    assert len(h.outcomes.values) == 20
     # The first batch's runner sees it block and wakes a runner for each of the
     # other nineteen: they all begin one scheduler tick later, not one after another.
     first, *others = began_at_tick
@@ -148,31 +145,16 @@ async def test_idle_runners_are_capped_after_a_burst(autojump_clock: trio.abc.Cl
         await trio.sleep(1)
         return inputs
 
-    outcomes = Outcomes()
     burst = 3 * _MAX_IDLE_RUNNERS
-    async with tb.open_batcher(process) as batcher:
-        async with trio.open_nursery() as nursery:
-            for i in range(burst):
-                outcomes.spawn(nursery, batcher, f"k{i}", i)
+    async with harness(process) as h:
+        for i in range(burst):
+            h.spawn(f"k{i}", i)
+        await h.wait_for_callers()
         # The burst needed a runner per batch; once idle, most of them exit.
         assert max(children) == burst
-        await outcomes.submit(batcher, "after", "after")
+        await h.outcomes.submit(h.batcher, "after", "after")
     assert children[-1] == _MAX_IDLE_RUNNERS
-    assert len(outcomes.values) == burst + 1
-
-
-class _Events(tb.Observer):
-    """Records the keys of started batches, and keys and outcomes of finished ones."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.finished: list[tuple[str, tb.BatchOutcome]] = []
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.started.append(event.key)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.finished.append((event.key, event.outcome))
+    assert len(h.outcomes.values) == burst + 1
 
 
 class _Crash(BaseException):
@@ -185,7 +167,7 @@ async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
     # Three batches start in one tick and one runner takes the first. Its
     # process crashes without blocking, so that runner dies with the other two
     # batches still waiting for a runner, and no runner will ever take them.
-    events = _Events()
+    events = Events()
     outcomes = Outcomes()
     processed: list[str] = []
 
@@ -209,8 +191,10 @@ async def test_started_batches_no_runner_took_are_closed_when_a_runner_crashes(
     assert sorted(outcomes.errors) == ["x", "y", "z"]
     assert all(type(error) is tb.BatcherClosed for error in outcomes.errors.values())
     # Observers see every batch start and finish, the two untaken ones included.
-    assert sorted(events.started) == ["x", "y", "z"]
-    assert sorted(events.finished) == [(key, tb.BatchOutcome.CANCELLED) for key in "xyz"]
+    assert sorted(event.key for event in events.of(tb.BatchStarted)) == ["x", "y", "z"]
+    assert sorted((event.key, event.outcome) for event in events.of(tb.BatchFinished)) == [
+        (key, tb.BatchOutcome.CANCELLED) for key in "xyz"
+    ]
 
 
 async def test_ending_a_batch_is_protected_from_keyboard_interrupt() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from tutil import (
     ALL_POLICIES,
     AnyPolicy,
     MyError,

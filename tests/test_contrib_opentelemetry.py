@@ -16,11 +16,11 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from tutil import MyError, Outcomes, Resources, harness, raises_my_error, returns_too_few
 
 import trio_batch as tb
 from trio_batch.contrib.opentelemetry import OpenTelemetryObserver
@@ -189,14 +189,6 @@ async def test_batches_whose_first_items_all_withdrew_are_found_by_their_ids(
     assert_forgotten(observer)
 
 
-async def _raises(key: str, inputs: list[str]) -> list[str]:
-    raise MyError("down")
-
-
-async def _wrong_count(key: str, inputs: list[str]) -> list[str]:
-    return []
-
-
 async def _fails_item(key: str, inputs: list[str]) -> list[Any]:
     return [outcome.Error(MyError(x)) if x == "b" else x for x in inputs]
 
@@ -204,9 +196,11 @@ async def _fails_item(key: str, inputs: list[str]) -> list[Any]:
 @pytest.mark.parametrize(
     ("make_batcher", "status", "description", "failed_items"),
     [
-        pytest.param(lambda o: tb.open_batcher(_raises, observers=[o]), "failed", True, 0),
         pytest.param(
-            lambda o: tb.open_batcher(_wrong_count, observers=[o]), "contract_error", True, 0
+            lambda o: tb.open_batcher(raises_my_error(), observers=[o]), "failed", True, 0
+        ),
+        pytest.param(
+            lambda o: tb.open_batcher(returns_too_few(), observers=[o]), "contract_error", True, 0
         ),
         pytest.param(
             lambda o: tb.open_batcher(
@@ -420,15 +414,11 @@ async def test_a_batch_torn_down_before_it_started_has_no_span_and_is_forgotten(
 
 async def test_without_a_configured_sdk_nothing_is_kept(autojump_clock: trio.abc.Clock) -> None:
     observer = OpenTelemetryObserver()  # the global provider: a no-op unless configured
-    outcomes = Outcomes()
-    async with (
-        trio.open_nursery() as nursery,
-        tb.open_batcher(echo, observers=[observer]) as batcher,
-    ):
-        outcomes.spawn(nursery, batcher, "k", "a")
+    async with harness(echo, observers=[observer], callers_outlive_block=True) as h:
+        h.spawn("k", "a")
         await trio.testing.wait_all_tasks_blocked()
         assert observer._callers == {}
-    assert outcomes.values == {"a": "a"}
+    assert h.outcomes.values == {"a": "a"}
     assert_forgotten(observer)
 
 

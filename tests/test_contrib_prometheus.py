@@ -11,8 +11,16 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources, submit_in_order
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from tutil import (
+    MyError,
+    Outcomes,
+    Resources,
+    harness,
+    never_called_with_resource,
+    returns_too_few,
+    submit_in_order,
+)
 
 import trio_batch as tb
 from trio_batch.contrib.prometheus import PrometheusObserver
@@ -48,27 +56,23 @@ async def test_counters_histograms_and_gauges_of_a_run(autojump_clock: trio.abc.
     registry = CollectorRegistry()
     metrics = PrometheusObserver(registry)
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=2)
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        process, name="users", limits=limits, observers=[metrics]
-    ) as batcher:
-        metrics.track(batcher)
-        async with trio.open_nursery() as nursery:
-            # t=0: [a] processing; [b, bad] and [d, boom] queued; f rejected.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "bad"])
-            d = outcomes.spawn(nursery, batcher, "k", "d")
-            await trio.testing.wait_all_tasks_blocked()
-            await submit_in_order(nursery, outcomes, batcher, "k", ["boom", "f"])
-            assert gauges(registry) == {
-                "active_keys": 1,
-                "queued_items": 4,
-                "processing_batches": 1,
-                "waiting_submits": 0,
-            }
-            await trio.sleep(0.1)
-            d.cancel()  # withdrawn; [boom] alone runs from 0.5 to 0.75
-    assert outcomes.values == {"a": "A", "b": "B"}
-    assert outcomes.error_types() == {
+    async with harness(process, name="users", limits=limits, observers=[metrics]) as h:
+        metrics.track(h.batcher)
+        # t=0: [a] processing; [b, bad] and [d, boom] queued; f rejected.
+        await h.submit_in_order("k", ["a", "b", "bad"])
+        d = h.spawn("k", "d")
+        await trio.testing.wait_all_tasks_blocked()
+        await h.submit_in_order("k", ["boom", "f"])
+        assert gauges(registry) == {
+            "active_keys": 1,
+            "queued_items": 4,
+            "processing_batches": 1,
+            "waiting_submits": 0,
+        }
+        await trio.sleep(0.1)
+        d.cancel()  # withdrawn; [boom] alone runs from 0.5 to 0.75
+    assert h.outcomes.values == {"a": "A", "b": "B"}
+    assert h.outcomes.error_types() == {
         "bad": tb.ItemFailed,
         "d": trio.Cancelled,
         "boom": tb.BatchFailed,
@@ -121,28 +125,16 @@ async def test_counters_histograms_and_gauges_of_a_run(autojump_clock: trio.abc.
     }
 
 
-async def _wrong_count(key: str, inputs: list[str]) -> list[str]:
-    return []
-
-
 async def _slow(key: str, inputs: list[str]) -> list[str]:
     await trio.sleep(10)
     return inputs  # pragma: no cover
 
 
-async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str]:
-    return inputs  # pragma: no cover
-
-
 async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(_wrong_count, observers=[PrometheusObserver(registry)]) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
-    assert outcomes.error_types() == {"a": tb.ProcessorContractError}
+    async with harness(returns_too_few(), observers=[PrometheusObserver(registry)]) as h:
+        await h.submit_in_order("k", ["a"])
+    assert h.outcomes.error_types() == {"a": tb.ProcessorContractError}
     assert series(registry, "trio_batch_items_total") == {
         ("batcher", "accepted"): 1,
         ("batcher", "contract_error"): 1,
@@ -155,18 +147,14 @@ async def test_contract_error_is_counted(autojump_clock: trio.abc.Clock) -> None
 
 async def test_acquire_failure_is_counted_and_timed(autojump_clock: trio.abc.Clock) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
-    async with (
-        tb.open_batcher(
-            _with_resource,
-            acquire=Resources(0.5, enter_error=lambda: MyError("no connection")),
-            name="db",
-            observers=[PrometheusObserver(registry)],
-        ) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
-    assert outcomes.error_types() == {
+    async with harness(
+        never_called_with_resource,
+        acquire=Resources(0.5, enter_error=lambda: MyError("no connection")),
+        name="db",
+        observers=[PrometheusObserver(registry)],
+    ) as h:
+        await h.submit_in_order("k", ["a", "b"])
+    assert h.outcomes.error_types() == {
         "a": tb.ResourceAcquisitionFailed,
         "b": tb.ResourceAcquisitionFailed,
     }
@@ -212,7 +200,7 @@ async def test_batch_that_never_started_is_counted_when_torn_down(
     outcomes = Outcomes()
     limits = tb.Limits(max_key_concurrency=1)
     async with trio.open_nursery() as callers:
-        with pytest.raises(MyError):
+        with pytest.raises(MyError, match=r"^body failed$"):
             async with tb.open_batcher(
                 _slow, name="slow", limits=limits, observers=[PrometheusObserver(registry)]
             ) as batcher:
@@ -239,22 +227,18 @@ async def test_caller_cancelled_during_processing_is_abandoned(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     registry = CollectorRegistry()
-    outcomes = Outcomes()
 
     async def process_for_1s(key: str, inputs: list[str]) -> list[str]:
         await trio.sleep(1)
         return inputs
 
-    async with tb.open_batcher(
-        process_for_1s, name="users", observers=[PrometheusObserver(registry)]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")
-            b = outcomes.spawn(nursery, batcher, "k", "b")
-            await trio.sleep(0.5)
-            b.cancel()
-    assert outcomes.values == {"a": "a"}
-    assert outcomes.error_types() == {"b": trio.Cancelled}
+    async with harness(process_for_1s, name="users", observers=[PrometheusObserver(registry)]) as h:
+        h.spawn("k", "a")
+        b = h.spawn("k", "b")
+        await trio.sleep(0.5)
+        b.cancel()
+    assert h.outcomes.values == {"a": "a"}
+    assert h.outcomes.error_types() == {"b": trio.Cancelled}
     assert series(registry, "trio_batch_items_total") == {
         ("users", "accepted"): 2,
         ("users", "ok"): 2,
@@ -295,18 +279,16 @@ async def test_scrape_from_another_thread_reads_in_the_trio_thread(
 ) -> None:
     registry = CollectorRegistry()
     metrics = PrometheusObserver(registry)
-    outcomes = Outcomes()
-    async with (
-        trio.open_nursery() as nursery,
-        tb.open_batcher(process, policy=tb.Size(), name="users", observers=[metrics]) as batcher,
-    ):
-        metrics.track(batcher)
-        await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
+    async with harness(
+        process, policy=tb.Size(), name="users", observers=[metrics], callers_outlive_block=True
+    ) as h:
+        metrics.track(h.batcher)
+        await h.submit_in_order("k", ["a", "b"])
         # As a metrics server does: generate the exposition in its own thread.
         lines = (await trio.to_thread.run_sync(generate_latest, registry)).splitlines()
         assert b'trio_batch_queued_items{batcher="users"} 2.0' in lines
         assert b'trio_batch_active_keys{batcher="users"} 1.0' in lines
-    assert outcomes.values == {"a": "A", "b": "B"}
+    assert h.outcomes.values == {"a": "A", "b": "B"}
 
 
 def test_scrape_after_the_run_skips_the_batcher() -> None:
@@ -353,7 +335,7 @@ def test_track_outside_trio_raises() -> None:
         return batcher
 
     batcher = trio.run(main)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^must be called from async context$"):
         PrometheusObserver(CollectorRegistry()).track(batcher)
 
 

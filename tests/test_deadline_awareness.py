@@ -7,19 +7,9 @@ import math
 import pytest
 import trio
 import trio.testing
+from tutil import Recorder
 
 import trio_batch as tb
-
-Calls = list[tuple[list[int], float]]
-
-
-def recorder(calls: Calls, delay: float = 0.0):  # type: ignore[no-untyped-def]
-    async def process(key: str, inputs: list[int]) -> list[int]:
-        calls.append((list(inputs), trio.current_time()))
-        await trio.sleep(delay)
-        return inputs
-
-    return process
 
 
 def test_deadline_margin_validation() -> None:
@@ -33,10 +23,10 @@ def test_deadline_margin_validation() -> None:
 
 
 async def test_caller_deadline_starts_batch_early(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
+    process = Recorder(delay=0.25)
     policy = tb.Duration(10.0, deadline_margin=0.5)
-    got: list[int] = []
-    async with tb.open_batcher(recorder(calls, delay=0.25), policy=policy) as b:
+    got: list[str] = []
+    async with tb.open_batcher(process, policy=policy) as b:
 
         async def patient(item: int) -> None:
             got.append(await b.submit("k", item))
@@ -54,8 +44,8 @@ async def test_caller_deadline_starts_batch_early(autojump_clock: trio.testing.M
             await trio.sleep(1.0)
             nursery.start_soon(patient, 2)
     # The whole batch went early for the hurried caller, who made its deadline.
-    assert calls == [([0, 1, 2], 3.5)]
-    assert sorted(got) == [0, 1, 2]
+    assert process.calls == [("k", [0, 1, 2], 3.5)]
+    assert sorted(got) == ["k:0", "k:1", "k:2"]
 
 
 async def test_measured_batch_time_is_subtracted(autojump_clock: trio.testing.MockClock) -> None:
@@ -82,34 +72,34 @@ async def test_measured_batch_time_is_subtracted(autojump_clock: trio.testing.Mo
 async def test_deadline_later_than_timer_changes_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    calls: Calls = []
-    async with tb.open_batcher(recorder(calls), policy=tb.Duration(2.0)) as b:
+    process = Recorder()
+    async with tb.open_batcher(process, policy=tb.Duration(2.0)) as b:
         with trio.fail_after(100):
             await b.submit("k", 0)
-    assert calls == [([0], 2.0)]
+    assert process.calls == [("k", [0], 2.0)]
 
 
 @pytest.mark.parametrize("policy", [tb.Duration(2.0), tb.Duration(2.0, deadline_margin=None)])
 async def test_deadlines_ignored_by_default_and_when_margin_is_none(
     autojump_clock: trio.testing.MockClock, policy: tb.Duration
 ) -> None:
-    calls: Calls = []
-    async with tb.open_batcher(recorder(calls), policy=policy) as b:
+    process = Recorder()
+    async with tb.open_batcher(process, policy=policy) as b:
         with trio.move_on_after(1.0):
             await b.submit("k", 0)
         # The caller timed out and withdrew: nothing was processed.
         assert b.statistics() == tb.BatcherStatistics(0, 0, 0, 0)
         await b.submit("k", 1)
-    assert calls == [([1], 3.0)]
+    assert process.calls == [("k", [1], 3.0)]
 
 
 async def test_withdrawn_hurried_caller_does_not_move_timer_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Documented rule: a batch's timer only moves earlier.
-    calls: Calls = []
+    process = Recorder()
     policy = tb.Duration(10.0, deadline_margin=1.0)
-    async with tb.open_batcher(recorder(calls), policy=policy) as b:
+    async with tb.open_batcher(process, policy=policy) as b:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(b.submit, "k", 0)
             await trio.testing.wait_all_tasks_blocked()
@@ -122,24 +112,24 @@ async def test_withdrawn_hurried_caller_does_not_move_timer_back(
             nursery.start_soon(hurried)
             await trio.testing.wait_all_tasks_blocked()
             scope.cancel()  # withdraws at t=0; the batch still starts at 4 - 1 = 3
-    assert calls == [([0], 3.0)]
+    assert process.calls == [("k", [0], 3.0)]
 
 
 async def test_deadline_in_the_past_starts_at_once(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
+    process = Recorder()
     policy = tb.Duration(5.0, deadline_margin=2.0)
-    async with tb.open_batcher(recorder(calls), policy=policy) as b:
+    async with tb.open_batcher(process, policy=policy) as b:
         with trio.fail_after(1.0):  # deadline 1 - margin 2 < now: start immediately
             await b.submit("k", 0)
-    assert calls == [([0], 0.0)]
+    assert process.calls == [("k", [0], 0.0)]
 
 
 async def test_deadline_awareness_with_infinite_delay(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    calls: Calls = []
+    process = Recorder()
     policy = tb.Duration(math.inf, deadline_margin=0.5)
-    async with tb.open_batcher(recorder(calls), policy=policy) as b:
+    async with tb.open_batcher(process, policy=policy) as b:
         with trio.fail_after(2.0):
             await b.submit("k", 0)
-    assert calls == [([0], 1.5)]
+    assert process.calls == [("k", [0], 1.5)]

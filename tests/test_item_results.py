@@ -8,6 +8,7 @@ import outcome
 import pytest
 import trio
 import trio.testing
+from tutil import harness
 
 import trio_batch as tb
 
@@ -30,24 +31,13 @@ async def lookup(key: str, inputs: list[int]) -> list[Any]:
 
 
 async def test_each_caller_gets_its_own_outcome(autojump_clock: trio.testing.MockClock) -> None:
-    got: dict[int, object] = {}
-
-    async with tb.open_batcher(lookup, policy=tb.Size(), limits=tb.Limits(max_batch_size=6)) as b:
-
-        async def call(item: int) -> None:
-            try:
-                got[item] = await b.submit("k", item)
-            except tb.ItemFailed as exc:
-                got[item] = exc
-
-        async with trio.open_nursery() as nursery:
-            for item in range(6):
-                nursery.start_soon(call, item)
-    assert got[0] == "v0"
-    assert got[2] == "p2"
-    assert got[4] == "v4"
+    async with harness(lookup, policy=tb.Size(), limits=tb.Limits(max_batch_size=6)) as h:
+        for item in range(6):
+            h.spawn("k", item)
+    assert h.outcomes.values == {0: "v0", 2: "p2", 4: "v4"}
+    assert h.outcomes.error_types() == dict.fromkeys((1, 3, 5), tb.ItemFailed)
     for item in (1, 3, 5):
-        error = got[item]
+        error = h.outcomes.errors[item]
         assert isinstance(error, tb.ItemFailed)
         assert isinstance(error, tb.BatchError)
         assert isinstance(error.__cause__, NotFound)
@@ -60,17 +50,11 @@ async def test_item_failed_is_distinct_per_caller(autojump_clock: trio.testing.M
     async def all_fail(key: str, inputs: list[int]) -> list[outcome.Outcome[str]]:
         return [outcome.Error(shared) for _ in inputs]
 
-    errors: list[tb.ItemFailed] = []
-    async with tb.open_batcher(all_fail, policy=tb.Size(), limits=tb.Limits(max_batch_size=3)) as b:
-
-        async def call(item: int) -> None:
-            with pytest.raises(tb.ItemFailed) as info:
-                await b.submit("k", item)
-            errors.append(info.value)
-
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                nursery.start_soon(call, item)
+    async with harness(all_fail, policy=tb.Size(), limits=tb.Limits(max_batch_size=3)) as h:
+        for item in range(3):
+            h.spawn("k", item)
+    assert h.outcomes.error_types() == dict.fromkeys(range(3), tb.ItemFailed)
+    errors = list(h.outcomes.errors.values())
     assert len({id(e) for e in errors}) == 3
     assert all(e.__cause__ is shared for e in errors)
 

@@ -14,51 +14,21 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import MyError, Outcomes, Resources, submit_in_order
+from tutil import (
+    Events,
+    Harness,
+    MyError,
+    Outcomes,
+    Resources,
+    harness,
+    never_called_with_resource,
+    raises_my_error,
+    returns_too_few,
+    submit_in_order,
+)
 
 import trio_batch as tb
 from trio_batch import BatchOutcome as Outcome, StartReason as Reason
-
-Event = (
-    tb.ItemAccepted
-    | tb.ItemRejected
-    | tb.ItemWithdrawn
-    | tb.BatchStarted
-    | tb.BatchFinished
-    | tb.CacheHit
-)
-
-
-class Events:
-    """An observer that records every event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def item_accepted(self, event: tb.ItemAccepted) -> None:
-        self.events.append(event)
-
-    def item_rejected(self, event: tb.ItemRejected) -> None:
-        self.events.append(event)
-
-    def item_withdrawn(self, event: tb.ItemWithdrawn) -> None:
-        self.events.append(event)
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.events.append(event)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.events.append(event)
-
-    def cache_hit(self, event: tb.CacheHit) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [event for event in self.events if type(event) is kind]
-
-    def ids(self) -> list[int]:
-        """Item ids, in order of acceptance."""
-        return [event.item_id for event in self.of(tb.ItemAccepted)]
 
 
 async def sleep_then_echo(key: str, inputs: list[str]) -> list[str]:
@@ -68,21 +38,17 @@ async def sleep_then_echo(key: str, inputs: list[str]) -> list[str]:
 
 async def test_event_contents_of_a_run(autojump_clock: trio.abc.Clock) -> None:
     events = Events()
-    outcomes = Outcomes()
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=1)
-    async with tb.open_batcher(
-        sleep_then_echo, limits=limits, name="obs", observers=[events]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            # t=0: [a] processing, [b, c] queued, d rejected.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c", "d"])
-            await trio.sleep(0.375)
-            # [b, c] is processing; e queues alone, then withdraws at 0.4375.
-            e = outcomes.spawn(nursery, batcher, "k", "e")
-            await trio.sleep(0.0625)
-            e.cancel()
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
-    assert outcomes.error_types() == {"d": tb.Rejected, "e": trio.Cancelled}
+    async with harness(sleep_then_echo, limits=limits, name="obs", observers=[events]) as h:
+        # t=0: [a] processing, [b, c] queued, d rejected.
+        await h.submit_in_order("k", ["a", "b", "c", "d"])
+        await trio.sleep(0.375)
+        # [b, c] is processing; e queues alone, then withdraws at 0.4375.
+        e = h.spawn("k", "e")
+        await trio.sleep(0.0625)
+        e.cancel()
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    assert h.outcomes.error_types() == {"d": tb.Rejected, "e": trio.Cancelled}
 
     a, b, c, e_id = events.ids()
     first, second = [event.batch_id for event in events.of(tb.BatchStarted)]
@@ -134,26 +100,22 @@ async def test_acquire_time_late_joiners_and_abandoned_callers(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = Events()
-    outcomes = Outcomes()
     resources = Resources(0.5)
 
     async def process(key: str, inputs: list[str], resource: str) -> list[Any]:
         await trio.sleep(1)
         return [outcome.Error(MyError()) if x == "bad" else x for x in inputs]
 
-    async with tb.open_batcher(
-        process, acquire=resources, name="obs", observers=[events]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            outcomes.spawn(nursery, batcher, "k", "a")  # starts the batch: acquiring
-            await trio.sleep(0.25)
-            outcomes.spawn(nursery, batcher, "k", "bad")  # joins while it acquires
-            await trio.sleep(0.125)
-            c = outcomes.spawn(nursery, batcher, "k", "c")
-            await trio.sleep(0.625)  # processing since 0.5
-            c.cancel()  # abandoned: the batch carries on
-    assert outcomes.values == {"a": "a"}
-    assert outcomes.error_types() == {"bad": tb.ItemFailed, "c": trio.Cancelled}
+    async with harness(process, acquire=resources, name="obs", observers=[events]) as h:
+        h.spawn("k", "a")  # starts the batch: acquiring
+        await trio.sleep(0.25)
+        h.spawn("k", "bad")  # joins while it acquires
+        await trio.sleep(0.125)
+        c = h.spawn("k", "c")
+        await trio.sleep(0.625)  # processing since 0.5
+        c.cancel()  # abandoned: the batch carries on
+    assert h.outcomes.values == {"a": "a"}
+    assert h.outcomes.error_types() == {"bad": tb.ItemFailed, "c": trio.Cancelled}
 
     a, bad, c_id = events.ids()
     [started] = events.of(tb.BatchStarted)
@@ -181,15 +143,13 @@ async def test_a_caller_that_waited_for_room_is_accepted_when_admitted(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = Events()
-    outcomes = Outcomes()
     limits = tb.Limits(
         max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
     )
-    async with tb.open_batcher(sleep_then_echo, limits=limits, observers=[events]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # a processes from 0; b queues; c waits for room until b begins, at 0.25.
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b", "c"])
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    async with harness(sleep_then_echo, limits=limits, observers=[events]) as h:
+        # a processes from 0; b queues; c waits for room until b begins, at 0.25.
+        await h.submit_in_order("k", ["a", "b", "c"])
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
     assert [event.time for event in events.of(tb.ItemAccepted)] == [0.0, 0.0, 0.25]
     assert [(event.time, event.item_ids) for event in events.of(tb.BatchStarted)] == [
         (0.0, (events.ids()[0],)),
@@ -199,35 +159,35 @@ async def test_a_caller_that_waited_for_room_is_accepted_when_admitted(
     assert events.of(tb.ItemRejected) == []
 
 
-async def _start_full(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b"])
+async def _start_full(h: Harness) -> None:
+    await h.submit_in_order("k", ["a", "b"])
 
 
-async def _start_alone(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a"])
+async def _start_alone(h: Harness) -> None:
+    await h.submit_in_order("k", ["a"])
     await trio.sleep(1)
 
 
-async def _start_with_deadline(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
+async def _start_with_deadline(h: Harness) -> None:
     async def caller() -> None:
         with trio.move_on_after(0.375):
-            await batcher.submit("k", "a")
+            await h.batcher.submit("k", "a")
 
-    nursery.start_soon(caller)
+    h.nursery.start_soon(caller)
     await trio.sleep(1)
 
 
-async def _start_on_hint(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
+async def _start_on_hint(h: Harness) -> None:
     # a starts at once (the key is idle); b waits; c brings b's batch to the hint.
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b", "c"])
+    await h.submit_in_order("k", ["a", "b", "c"])
 
 
-async def _start_on_finish(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a", "b"])
+async def _start_on_finish(h: Harness) -> None:
+    await h.submit_in_order("k", ["a", "b"])
 
 
-async def _start_on_drain(batcher: tb.Batcher[Any, Any, Any], nursery: trio.Nursery) -> None:
-    await submit_in_order(nursery, Outcomes(), batcher, "k", ["a"])
+async def _start_on_drain(h: Harness) -> None:
+    await h.submit_in_order("k", ["a"])
 
 
 _LIMITS = tb.Limits(max_batch_size=2, max_key_concurrency=1)
@@ -269,7 +229,7 @@ async def test_start_reasons(
     autojump_clock: trio.abc.Clock,
     policy: tb.Policy,
     limits: tb.Limits,
-    scenario: Callable[[tb.Batcher[Any, Any, Any], trio.Nursery], Awaitable[None]],
+    scenario: Callable[[Harness], Awaitable[None]],
     expected: list[tuple[Reason, float, int]],
 ) -> None:
     events = Events()
@@ -278,11 +238,10 @@ async def test_start_reasons(
         await trio.sleep(0.05)
         return inputs
 
-    async with trio.open_nursery() as nursery:
-        async with tb.open_batcher(
-            process, policy=policy, limits=limits, observers=[events]
-        ) as batcher:
-            await scenario(batcher, nursery)
+    async with harness(
+        process, policy=policy, limits=limits, observers=[events], callers_outlive_block=True
+    ) as h:
+        await scenario(h)
     started = events.of(tb.BatchStarted)
     assert [(event.reason, event.time, event.size) for event in started] == expected
     finished = events.of(tb.BatchFinished)
@@ -294,22 +253,8 @@ async def test_start_reasons(
     }
 
 
-async def _raises(key: str, inputs: list[str]) -> list[str]:
-    await trio.sleep(0.25)
-    raise MyError("down")
-
-
-async def _wrong_count(key: str, inputs: list[str]) -> list[str]:
-    await trio.sleep(0.25)
-    return []
-
-
 async def _never_returns(key: str, inputs: list[str]) -> list[str]:
     await trio.sleep_forever()
-    raise AssertionError("unreachable")
-
-
-async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str]:
     raise AssertionError("unreachable")
 
 
@@ -325,7 +270,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
             id="ok",
         ),
         pytest.param(
-            lambda events: tb.open_batcher(_raises, observers=[events]),
+            lambda events: tb.open_batcher(raises_my_error(0.25), observers=[events]),
             Outcome.FAILED,
             tb.BatchFailed,
             2,
@@ -333,7 +278,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
             id="failed",
         ),
         pytest.param(
-            lambda events: tb.open_batcher(_wrong_count, observers=[events]),
+            lambda events: tb.open_batcher(returns_too_few(0.25), observers=[events]),
             Outcome.CONTRACT_ERROR,
             tb.ProcessorContractError,
             2,
@@ -342,7 +287,7 @@ async def _with_resource(key: str, inputs: list[str], resource: str) -> list[str
         ),
         pytest.param(
             lambda events: tb.open_batcher(
-                _with_resource,
+                never_called_with_resource,
                 acquire=Resources(0.25, enter_error=lambda: MyError("no")),
                 observers=[events],
             ),
@@ -406,12 +351,10 @@ async def test_teardown_cancels_a_processing_batch(autojump_clock: trio.abc.Cloc
 
 async def test_batch_dropped_by_withdrawal_while_acquiring(autojump_clock: trio.abc.Clock) -> None:
     events = Events()
-    outcomes = Outcomes()
-    async with tb.open_batcher(_with_resource, acquire=Resources(1), observers=[events]) as batcher:
-        async with trio.open_nursery() as nursery:
-            a = outcomes.spawn(nursery, batcher, "k", "a")
-            await trio.sleep(0.5)
-            a.cancel()
+    async with harness(never_called_with_resource, acquire=Resources(1), observers=[events]) as h:
+        a = h.spawn("k", "a")
+        await trio.sleep(0.5)
+        a.cancel()
     [a_id] = events.ids()
     assert events.of(tb.ItemWithdrawn) == [tb.ItemWithdrawn("batcher", "k", a_id, 0.5, 0.5)]
     [finished] = events.of(tb.BatchFinished)
@@ -500,7 +443,6 @@ async def test_batch_started_runs_in_the_batch_task_and_its_context_reaches_acqu
     autojump_clock: trio.abc.Clock,
 ) -> None:
     events = SetsContext()
-    outcomes = Outcomes()
     # (key, batch id seen, task) in acquire and in process.
     acquired: list[tuple[str, int | None, trio.lowlevel.Task]] = []
     processed: list[tuple[str, int | None, trio.lowlevel.Task]] = []
@@ -516,13 +458,13 @@ async def test_batch_started_runs_in_the_batch_task_and_its_context_reaches_acqu
         await trio.sleep(0.25)
         return inputs
 
-    async with tb.open_batcher(process, acquire=acquire, observers=[events]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # Two batches acquiring and processing at the same time.
-            await submit_in_order(nursery, outcomes, batcher, "x", ["a"])
-            await submit_in_order(nursery, outcomes, batcher, "y", ["b"])
+    async with harness(process, acquire=acquire, observers=[events]) as h:
+        # Two batches acquiring and processing at the same time.
+        await h.submit_in_order("x", ["a"])
+        await h.submit_in_order("y", ["b"])
+        await h.wait_for_callers()
         assert _batch_id.get() is None  # nothing leaked into the block's own context
-    assert outcomes.values == {"a": "a", "b": "b"}
+    assert h.outcomes.values == {"a": "a", "b": "b"}
 
     x, y = events.of(tb.BatchStarted)
     assert (x.key, y.key) == ("x", "y")
@@ -567,7 +509,6 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
     autojump_clock: trio.abc.Clock,
 ) -> None:
     observer = SeesWhere()
-    outcomes = Outcomes()
     seen_by_process: list[tuple[list[str], str]] = []
 
     async def process(key: str, inputs: list[str]) -> list[str]:
@@ -575,20 +516,19 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
         await trio.sleep(0.25)
         return inputs
 
-    async def caller(batcher: tb.Batcher[str, str, str], item: str) -> None:
+    async def caller(h: Harness, item: str) -> None:
         _where.set(f"caller {item}")
-        await outcomes.submit(batcher, "k", item)
+        await h.outcomes.submit(h.batcher, "k", item)
 
     limits = tb.Limits(max_key_concurrency=1)
     _where.set("block")
-    async with tb.open_batcher(process, limits=limits, observers=[observer]) as batcher:
+    async with harness(process, limits=limits, observers=[observer]) as h:
         _where.set("body")  # after entering the block: batch tasks do not see it
-        async with trio.open_nursery() as nursery:
-            # a's batch starts in a's submit; b's in the task of a's batch, as it ends.
-            for item in ["a", "b"]:
-                nursery.start_soon(caller, batcher, item)
-                await trio.testing.wait_all_tasks_blocked()
-    assert outcomes.values == {"a": "a", "b": "b"}
+        # a's batch starts in a's submit; b's in the task of a's batch, as it ends.
+        for item in ["a", "b"]:
+            h.nursery.start_soon(caller, h, item)
+            await trio.testing.wait_all_tasks_blocked()
+    assert h.outcomes.values == {"a": "a", "b": "b"}
 
     assert seen_by_process == [(["a"], "block"), (["b"], "block")]
     assert observer.seen == [
@@ -604,7 +544,6 @@ async def test_batch_tasks_run_in_the_context_that_entered_the_block_not_a_calle
 async def test_a_caller_admitted_from_overflow_is_accepted_in_its_own_context(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    outcomes = Outcomes()
     callers: dict[str, trio.lowlevel.Task] = {}
     accepted_in: list[trio.lowlevel.Task] = []
 
@@ -615,21 +554,20 @@ async def test_a_caller_admitted_from_overflow_is_accepted_in_its_own_context(
 
     observer = AcceptedIn()
 
-    async def caller(batcher: tb.Batcher[str, str, str], item: str) -> None:
+    async def caller(h: Harness, item: str) -> None:
         _where.set(item)
         callers[item] = trio.lowlevel.current_task()
-        await outcomes.submit(batcher, "k", item)
+        await h.outcomes.submit(h.batcher, "k", item)
 
     limits = tb.Limits(
         max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
     )
-    async with tb.open_batcher(sleep_then_echo, limits=limits, observers=[observer]) as batcher:
-        async with trio.open_nursery() as nursery:
-            # a processes from 0; b queues; c waits for room until b begins, at 0.25.
-            for item in ["a", "b", "c"]:
-                nursery.start_soon(caller, batcher, item)
-                await trio.testing.wait_all_tasks_blocked()
-    assert outcomes.values == {"a": "a", "b": "b", "c": "c"}
+    async with harness(sleep_then_echo, limits=limits, observers=[observer]) as h:
+        # a processes from 0; b queues; c waits for room until b begins, at 0.25.
+        for item in ["a", "b", "c"]:
+            h.nursery.start_soon(caller, h, item)
+            await trio.testing.wait_all_tasks_blocked()
+    assert h.outcomes.values == {"a": "a", "b": "b", "c": "c"}
 
     accepted = observer.of(tb.ItemAccepted)
     assert [event.time for event in accepted] == [0.0, 0.0, 0.25]
@@ -653,11 +591,9 @@ async def test_an_observer_subclass_overrides_only_what_it_needs(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     observer = OnlyFinished()
-    outcomes = Outcomes()
-    async with tb.open_batcher(sleep_then_echo, observers=[observer]) as batcher:
-        async with trio.open_nursery() as nursery:
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a"])
-    assert outcomes.values == {"a": "a"}
+    async with harness(sleep_then_echo, observers=[observer]) as h:
+        await h.submit_in_order("k", ["a"])
+    assert h.outcomes.values == {"a": "a"}
     [finished] = observer.finished
     assert (len(finished.item_ids), finished.size, finished.outcome) == (1, 1, Outcome.OK)
     observer.item_accepted(tb.ItemAccepted("b", "k", 0, 0.0))  # inherited: does nothing
@@ -676,13 +612,9 @@ async def test_a_raising_observer_is_logged_and_removed(
 ) -> None:
     raising = Raising()
     healthy = Events()
-    outcomes = Outcomes()
-    async with tb.open_batcher(
-        sleep_then_echo, name="obs", observers=[raising, healthy]
-    ) as batcher:
-        async with trio.open_nursery() as nursery:
-            await submit_in_order(nursery, outcomes, batcher, "k", ["a", "b"])
-    assert outcomes.values == {"a": "a", "b": "b"}
+    async with harness(sleep_then_echo, name="obs", observers=[raising, healthy]) as h:
+        await h.submit_in_order("k", ["a", "b"])
+    assert h.outcomes.values == {"a": "a", "b": "b"}
     # Removed after its first failure: it saw one event, and no hook since.
     assert [type(event) for event in raising.events] == [tb.ItemAccepted]
     # The other observer, called after it for that same event, saw everything.

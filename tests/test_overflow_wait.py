@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
+from tutil import Recorder, harness
 
 import trio_batch as tb
 
 Calls = list[tuple[str, list[int], float]]
-Process = Callable[[str, list[int]], Awaitable[list[str]]]
-
-
-def recording_process(calls: Calls, delay: float = 1.0) -> Process:
-    async def process(key: str, inputs: list[int]) -> list[str]:
-        calls.append((key, list(inputs), trio.current_time()))
-        await trio.sleep(delay)
-        return [f"{key}:{item}" for item in inputs]
-
-    return process
 
 
 WAIT = tb.Limits(
@@ -36,56 +27,44 @@ def test_overflow_defaults_to_reject() -> None:
 
 
 async def test_wait_admits_instead_of_rejecting(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
-    results: dict[int, str] = {}
-    async with tb.open_batcher(recording_process(calls), policy=tb.Size(), limits=WAIT) as b:
-
-        async def submit(item: int) -> None:
-            results[item] = await b.submit("k", item)
-
-        async with trio.open_nursery() as nursery:
-            for item in range(6):
-                nursery.start_soon(submit, item)
-                await trio.testing.wait_all_tasks_blocked()
-            # [0, 1] is processing, [2, 3] fills the queue (max_batch_queue_size=1);
-            # 4 and 5 wait for room instead of being rejected.
-            stats = b.statistics()
-            assert stats.waiting_submits == 2
-            assert stats.queued_items == 2
-            assert stats.processing_batches == 1
-    assert results == {i: f"k:{i}" for i in range(6)}
+    process = Recorder(delay=1.0)
+    async with harness(process, policy=tb.Size(), limits=WAIT) as h:
+        await h.submit_in_order("k", range(6))
+        # [0, 1] is processing, [2, 3] fills the queue (max_batch_queue_size=1);
+        # 4 and 5 wait for room instead of being rejected.
+        stats = h.batcher.statistics()
+        assert stats.waiting_submits == 2
+        assert stats.queued_items == 2
+        assert stats.processing_batches == 1
+    assert h.outcomes.values == {i: f"k:{i}" for i in range(6)}
     # First come, first served: batches are formed in arrival order.
-    assert [inputs for _, inputs, _ in calls] == [[0, 1], [2, 3], [4, 5]]
-    assert [t for _, _, t in calls] == [0.0, 1.0, 2.0]
-    assert b.statistics() == tb.BatcherStatistics(0, 0, 0, 0)
+    assert process.inputs() == [[0, 1], [2, 3], [4, 5]]
+    assert [t for _, _, t in process.calls] == [0.0, 1.0, 2.0]
+    assert h.batcher.statistics() == tb.BatcherStatistics(0, 0, 0, 0)
 
 
 async def test_new_arrivals_do_not_jump_waiters(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
+    process = Recorder(delay=1.0)
     limits = tb.Limits(
         max_batch_size=3, max_key_concurrency=1, max_batch_queue_size=1, overflow=tb.Overflow.WAIT
     )
     # The callers' nursery is outside the block: a partial Size batch waits for
     # the drain, which only starts when the body returns.
-    async with trio.open_nursery() as nursery:
-        async with tb.open_batcher(recording_process(calls), policy=tb.Size(), limits=limits) as b:
-            for item in range(5):
-                nursery.start_soon(b.submit, "k", item)
-                await trio.testing.wait_all_tasks_blocked()
-            # [0, 1, 2] processing from t=0; 3 and 4 are in a new batch, not full.
-            # Nothing waits: room existed.
-            assert b.statistics().waiting_submits == 0
-            for item in range(5, 8):
-                nursery.start_soon(b.submit, "k", item)
-                await trio.testing.wait_all_tasks_blocked()
-            # 5 fills [3, 4, 5]; 6 and 7 find the queue full and wait, in order.
-            assert b.statistics().waiting_submits == 2
-    assert [inputs for _, inputs, _ in calls] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    async with harness(process, policy=tb.Size(), limits=limits, callers_outlive_block=True) as h:
+        await h.submit_in_order("k", range(5))
+        # [0, 1, 2] processing from t=0; 3 and 4 are in a new batch, not full.
+        # Nothing waits: room existed.
+        assert h.batcher.statistics().waiting_submits == 0
+        await h.submit_in_order("k", range(5, 8))
+        # 5 fills [3, 4, 5]; 6 and 7 find the queue full and wait, in order.
+        assert h.batcher.statistics().waiting_submits == 2
+    assert process.inputs() == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert h.outcomes.values == {i: f"k:{i}" for i in range(8)}
 
 
 async def test_cancelled_waiter_leaves_no_trace(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
-    async with tb.open_batcher(recording_process(calls), policy=tb.Size(), limits=WAIT) as b:
+    process = Recorder(delay=1.0)
+    async with tb.open_batcher(process, policy=tb.Size(), limits=WAIT) as b:
         async with trio.open_nursery() as nursery:
             # [0, 1] processing, [2, 3] queued: the key has no room.
             for item in range(4):
@@ -111,15 +90,15 @@ async def test_cancelled_waiter_leaves_no_trace(autojump_clock: trio.testing.Moc
             nursery.start_soon(b.submit, "k", 4)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(b.submit, "k", 5)
-    assert [inputs for _, inputs, _ in calls] == [[0, 1], [2, 3], [4, 5]]
+    assert process.inputs() == [[0, 1], [2, 3], [4, 5]]
     assert b.statistics() == tb.BatcherStatistics(0, 0, 0, 0)
 
 
 async def test_waiter_cancelled_after_admission_is_withdrawn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    calls: Calls = []
-    async with tb.open_batcher(recording_process(calls), policy=tb.Size(), limits=WAIT) as b:
+    process = Recorder(delay=1.0)
+    async with tb.open_batcher(process, policy=tb.Size(), limits=WAIT) as b:
         scope = trio.CancelScope()
 
         async def admitted_then_cancelled() -> None:
@@ -139,31 +118,23 @@ async def test_waiter_cancelled_after_admission_is_withdrawn(
             scope.cancel()
             await trio.testing.wait_all_tasks_blocked()
             assert b.statistics().queued_items == 0
-    assert [inputs for _, inputs, _ in calls] == [[0, 1]]
+    assert process.inputs() == [[0, 1]]
 
 
 async def test_drain_admits_waiters(autojump_clock: trio.testing.MockClock) -> None:
-    calls: Calls = []
-    results: list[str] = []
-    async with trio.open_nursery() as outside:
-        async with tb.open_batcher(recording_process(calls), policy=tb.Size(), limits=WAIT) as b:
-
-            async def submit(item: int) -> None:
-                results.append(await b.submit("k", item))
-
-            for item in range(5):
-                outside.start_soon(submit, item)
-                await trio.testing.wait_all_tasks_blocked()
-            assert b.statistics().waiting_submits == 1
-        # The block drained: every waiter was admitted and processed.
-    assert sorted(results) == [f"k:{i}" for i in range(5)]
-    assert [inputs for _, inputs, _ in calls] == [[0, 1], [2, 3], [4]]
+    process = Recorder(delay=1.0)
+    async with harness(process, policy=tb.Size(), limits=WAIT, callers_outlive_block=True) as h:
+        await h.submit_in_order("k", range(5))
+        assert h.batcher.statistics().waiting_submits == 1
+    # The block drained: every waiter was admitted and processed.
+    assert h.outcomes.values == {i: f"k:{i}" for i in range(5)}
+    assert process.inputs() == [[0, 1], [2, 3], [4]]
 
 
 async def test_teardown_gives_waiters_batcher_closed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    calls: Calls = []
+    process = Recorder(delay=1.0)
     outcomes: list[BaseException] = []
 
     class Stop(Exception):
@@ -177,9 +148,7 @@ async def test_teardown_gives_waiters_batcher_closed(
 
     async with trio.open_nursery() as outside:
         with pytest.raises(Stop):
-            async with tb.open_batcher(
-                recording_process(calls), policy=tb.Size(), limits=WAIT
-            ) as b:
+            async with tb.open_batcher(process, policy=tb.Size(), limits=WAIT) as b:
                 for item in range(5):
                     outside.start_soon(submit, b, item)
                     await trio.testing.wait_all_tasks_blocked()
@@ -195,16 +164,14 @@ async def test_wait_with_on_full_reject_waits_for_the_timer(
 ) -> None:
     # Duration(REJECT) rejects items while the newest batch is full; with WAIT
     # they wait until the batch leaves the queue at its timer, then join a new one.
-    calls: Calls = []
+    process = Recorder(delay=0.5)
     limits = tb.Limits(max_batch_size=2, max_key_concurrency=1, overflow=tb.Overflow.WAIT)
     policy = tb.Duration(1.0, on_full=tb.OnFull.REJECT)
-    async with tb.open_batcher(recording_process(calls, 0.5), policy=policy, limits=limits) as b:
-        async with trio.open_nursery() as nursery:
-            for item in range(3):
-                nursery.start_soon(b.submit, "k", item)
-                await trio.testing.wait_all_tasks_blocked()
-            assert b.statistics().waiting_submits == 1
-    assert calls == [("k", [0, 1], 1.0), ("k", [2], 2.0)]
+    async with harness(process, policy=policy, limits=limits) as h:
+        await h.submit_in_order("k", range(3))
+        assert h.batcher.statistics().waiting_submits == 1
+    assert process.calls == [("k", [0, 1], 1.0), ("k", [2], 2.0)]
+    assert h.outcomes.values == {i: f"k:{i}" for i in range(3)}
 
 
 async def test_batch_formed_by_admitting_several_waiters_gets_its_timer(

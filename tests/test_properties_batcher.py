@@ -15,6 +15,15 @@ Examples also draw ``Limits.overflow`` (``REJECT`` or ``WAIT``), per-item failur
 (``process`` returns ``outcome.Error`` for one item, ``outcome.Value`` or a plain
 output for the others) and deadline-aware ``Duration`` policies.
 
+They also draw misbehaving user code, so that the end of a batch is checked to be
+total (SPEC, "A batch's end is total"): outputs handed back as other shapes, some
+readable by position (a tuple, a numpy array, a tensor-like) and some not (not a
+sequence, mapping-like, DataFrame-like, a wrong or lying length, a 0-d array,
+reading that raises), and exceptions whose ``str()`` and ``repr()`` raise, from
+``process``, from ``acquire`` and inside ``outcome.Error``. Whatever the user code
+does, every submit still ends with exactly one outcome of the right type and the
+block does not die.
+
 Set ``HYPOTHESIS_PROFILE=thorough`` for a longer run.
 """
 
@@ -24,17 +33,18 @@ import enum
 import itertools
 import math
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, cast
 
+import numpy as np
 import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import EXAMPLE_SCALE
 from hypothesis import example, given, settings, strategies as st
+from tutil import EXAMPLE_SCALE, policies
 
 import trio_batch as tb
 
@@ -90,9 +100,11 @@ class CancelCaller:
 
 @dataclass(frozen=True)
 class FailNextBatch:
-    """The next ``process`` call for ``key`` raises."""
+    """The next ``process`` call for ``key`` raises (an exception that cannot be
+    printed, if ``unprintable``)."""
 
     key: str
+    unprintable: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,12 +114,43 @@ class BreakNextBatch:
     key: str
 
 
+class Shape(enum.Enum):
+    """How ``process`` hands back its outputs (see ``ReshapeNextBatch``)."""
+
+    # Readable by position (output i is outputs[i]): each caller gets its own output.
+    TUPLE = "a tuple"
+    NUMPY = "a 1-d numpy array of objects"
+    TENSOR_LIKE = "__len__ and __getitem__ by position, no __iter__"
+    # Not readable that way: ProcessorContractError for every caller of the batch.
+    NOT_A_SEQUENCE = "an int"
+    MAPPING_LIKE = "__len__ and __getitem__ by label (obj[0] is KeyError(0))"
+    DATAFRAME_LIKE = "len() is rows, iteration yields column labels, [] takes a column"
+    ONE_TOO_MANY = "a list with one output too many"
+    LYING_LENGTH = "a list one short whose len() claims the right length"
+    RAISES_ON_READ = "reading the last output raises"
+    ZERO_D_ARRAY = "a 0-d numpy array"
+
+
+#: The shapes from which every caller gets its own output.
+READABLE_SHAPES = frozenset({Shape.TUPLE, Shape.NUMPY, Shape.TENSOR_LIKE})
+
+
+@dataclass(frozen=True)
+class ReshapeNextBatch:
+    """The next ``process`` call for ``key`` hands its outputs back as ``shape``."""
+
+    key: str
+    shape: Shape
+
+
 @dataclass(frozen=True)
 class FailItem:
     """``process`` returns ``outcome.Error`` for the item of pending caller
-    ``index % number_of_pending_callers`` (if any), whichever call it lands in."""
+    ``index % number_of_pending_callers`` (if any), whichever call it lands in
+    (an exception that cannot be printed, if ``unprintable``)."""
 
     index: int
+    unprintable: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +166,7 @@ Operation: TypeAlias = (
     | CancelCaller
     | FailNextBatch
     | BreakNextBatch
+    | ReshapeNextBatch
     | FailItem
     | Settle
 )
@@ -158,6 +202,8 @@ class Scenario:
     ending: Ending
     drain_cancel_delay: float
     late_submit: bool
+    #: ``acquire`` of a failing key raises an exception that cannot be printed.
+    unprintable_acquire_error: bool = False
 
     @property
     def batch_time(self) -> float:
@@ -175,8 +221,9 @@ timeouts = st.sampled_from([None, None, None, 0.0, 0.25, 0.5, 1.0, 1.5])
 submits = st.builds(Submit, key=keys, timeout=timeouts)
 sleeps = st.builds(Sleep, seconds=st.sampled_from([0.0, 0.25, 0.5, 1.0]))
 mistakes = st.one_of(
-    st.builds(FailNextBatch, key=keys),
+    st.builds(FailNextBatch, key=keys, unprintable=st.booleans()),
     st.builds(BreakNextBatch, key=keys),
+    st.builds(ReshapeNextBatch, key=keys, shape=st.sampled_from(Shape)),
     st.just(SubmitUnhashable()),
 )
 # Weights by repetition (one_of would give each kind the same share): most of a
@@ -188,7 +235,7 @@ OPERATION_KINDS: dict[str, st.SearchStrategy[Operation]] = {
     "cancel": st.builds(CancelCaller, index=st.integers(0, 40)),
     "settle": st.just(Settle()),
     "mistake": mistakes,
-    "fail_item": st.builds(FailItem, index=st.integers(0, 40)),
+    "fail_item": st.builds(FailItem, index=st.integers(0, 40), unprintable=st.booleans()),
 }
 WEIGHTED_KINDS = [
     *["submit"] * 5,
@@ -202,23 +249,12 @@ def operations(draw: st.DrawFn) -> Operation:
     return draw(OPERATION_KINDS[draw(st.sampled_from(WEIGHTED_KINDS))])
 
 
-def policies(max_batch_size: int) -> st.SearchStrategy[tb.Policy]:
-    return st.one_of(
-        st.just(tb.Immediate()),
-        st.just(tb.Size()),
-        st.builds(
-            tb.Duration,
-            delays,
-            st.sampled_from(tb.OnFull),
-            deadline_margin=st.sampled_from([None, 0.0, 0.25]),
-        ),
-        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
-    )
-
-
 # Built once (not per example): generating examples is much of the test's run time.
 MAX_BATCH_SIZES = st.integers(1, 5)
-POLICIES = {size: policies(size) for size in range(1, 6)}
+DEADLINE_MARGINS = st.sampled_from([None, 0.0, 0.25])
+POLICIES = {
+    size: policies(size, delays=delays, deadline_margins=DEADLINE_MARGINS) for size in range(1, 6)
+}
 SCRIPTS = st.lists(operations(), min_size=4, max_size=40)
 
 
@@ -246,6 +282,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         ending=draw(st.sampled_from([Ending.DRAIN, *Ending])),
         drain_cancel_delay=draw(st.sampled_from([0.0, 0.25, 1.0])),
         late_submit=draw(st.booleans()),
+        unprintable_acquire_error=use_acquire and draw(st.booleans()),
     )
 
 
@@ -267,6 +304,119 @@ class BodyBoom(Exception):
 
 class ItemBoom(Exception):
     """What ``process`` returns as ``outcome.Error`` for an item marked by ``FailItem``."""
+
+
+class UnprintableMixin:
+    """Makes an exception whose ``str()`` and ``repr()`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError(f"str() of {type(self).__name__} raised")
+
+    def __repr__(self) -> str:
+        raise RuntimeError(f"repr() of {type(self).__name__} raised")
+
+
+class UnprintableProcessBoom(UnprintableMixin, ProcessBoom):
+    pass
+
+
+class UnprintableAcquireBoom(UnprintableMixin, AcquireBoom):
+    pass
+
+
+class UnprintableItemBoom(UnprintableMixin, ItemBoom):
+    pass
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder if it raises (for assertion messages)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+class ByLabel:
+    """Mapping-like outputs: ``__getitem__`` takes a label, so ``obj[0]`` is ``KeyError(0)``."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        self._by_label = {f"label-{i}": output for i, output in enumerate(outputs)}
+
+    def __len__(self) -> int:
+        return len(self._by_label)
+
+    def __getitem__(self, label: str) -> Any:
+        return self._by_label[label]
+
+
+class DataFrameLike:
+    """``len()`` is rows, iteration yields column labels, ``[]`` takes a column by label."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        # As many columns as rows: zipping callers with it would "fit".
+        self._columns = {f"col{j}": list(outputs) for j in range(len(outputs))}
+        self._rows = len(outputs)
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __getitem__(self, label: str) -> list[Any]:
+        return self._columns[label]
+
+
+class TensorLike:
+    """Outputs by position (``__len__``, ``__getitem__``), without ``__iter__``;
+    reading position ``raise_at`` raises."""
+
+    def __init__(self, outputs: list[Any], raise_at: int | None = None) -> None:
+        self._outputs = outputs
+        self._raise_at = raise_at
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __getitem__(self, index: int) -> Any:
+        if index == self._raise_at:
+            raise RuntimeError(f"cannot read output {index}")
+        return self._outputs[index]
+
+
+class LyingLength(list[Any]):
+    """A list whose ``len()`` claims one item more than it holds."""
+
+    def __len__(self) -> int:
+        return super().__len__() + 1
+
+
+def reshape(outputs: list[Any], shape: Shape) -> object:
+    """``outputs`` handed back as ``shape``."""
+    match shape:
+        case Shape.TUPLE:
+            return tuple(outputs)
+        case Shape.NUMPY:
+            array = np.empty(len(outputs), dtype=object)
+            for index, output in enumerate(outputs):
+                array[index] = output
+            return array
+        case Shape.TENSOR_LIKE:
+            return TensorLike(outputs)
+        case Shape.NOT_A_SEQUENCE:
+            return len(outputs)
+        case Shape.MAPPING_LIKE:
+            return ByLabel(outputs)
+        case Shape.DATAFRAME_LIKE:
+            return DataFrameLike(outputs)
+        case Shape.ONE_TOO_MANY:
+            return [*outputs, outputs[-1]]
+        case Shape.LYING_LENGTH:
+            return LyingLength(outputs[:-1])
+        case Shape.RAISES_ON_READ:
+            return TensorLike(outputs, raise_at=len(outputs) - 1)
+        case Shape.ZERO_D_ARRAY:
+            return np.array(len(outputs))
 
 
 @dataclass(frozen=True)
@@ -296,12 +446,17 @@ class Caller:
         return min(explicit, self.deadline)
 
 
+#: What a ``process`` call does: return good outputs, raise, return one output too
+#: few, or hand its outputs back in another shape.
+Mode: TypeAlias = Literal["ok", "fail", "break"] | Shape
+
+
 @dataclass
 class ProcessCall:
     key: str
     inputs: tuple[int, ...]
     resource: str | None
-    mode: Literal["ok", "fail", "break"]
+    mode: Mode
     start_seq: int
     start_time: float
     # Items failed alone (outcome.Error at their position), as marked when the call began.
@@ -309,6 +464,16 @@ class ProcessCall:
     returned: bool = False
     error: ProcessBoom | None = None
     end_time: float = math.inf
+
+    def readable(self) -> bool:
+        """Whether the outputs it returned (if any) can be read by position."""
+        return self.mode == "ok" or self.mode in READABLE_SHAPES
+
+    def broke_contract(self) -> bool:
+        """Whether it returned outputs that cannot be matched to its inputs."""
+        return self.mode == "break" or (
+            isinstance(self.mode, Shape) and self.mode not in READABLE_SHAPES
+        )
 
 
 class Run:
@@ -319,7 +484,9 @@ class Run:
         self._seq = itertools.count()
         self.callers: list[Caller] = []
         self.calls: list[ProcessCall] = []
-        self.pending_modes: defaultdict[str, deque[Literal["fail", "break"]]] = defaultdict(deque)
+        # Per key, what its next process calls do (and, for "fail", whether the
+        # exception can be printed).
+        self.pending_modes: defaultdict[str, deque[tuple[Mode, bool]]] = defaultdict(deque)
         self.item_failures: dict[int, ItemBoom] = {}
         # Started batches per key, as the fakes see them: live acquire contexts, or
         # live process calls when there is no acquire.
@@ -358,6 +525,8 @@ class Run:
             if self.sc.acquire_delay is not None:
                 await trio.sleep(self.sc.acquire_delay)
             if key in self.sc.failing_acquire_keys:
+                if self.sc.unprintable_acquire_error:
+                    raise UnprintableAcquireBoom(key)
                 raise AcquireBoom(key)
             yield f"resource-{key}"
         finally:
@@ -367,7 +536,7 @@ class Run:
     async def _process(self, key: str, inputs: list[int], resource: str | None) -> list[Any]:
         seq, now = self.mark()
         modes = self.pending_modes[key]
-        mode: Literal["ok", "fail", "break"] = modes.popleft() if modes else "ok"
+        mode, unprintable = modes.popleft() if modes else ("ok", False)
         failed = {item: self.item_failures[item] for item in inputs if item in self.item_failures}
         call = ProcessCall(key, tuple(inputs), resource, mode, seq, now, failed)
         self.calls.append(call)
@@ -377,7 +546,7 @@ class Run:
             if self.sc.process_delay is not None:
                 await trio.sleep(self.sc.process_delay)
             if mode == "fail":
-                call.error = ProcessBoom(key)
+                call.error = UnprintableProcessBoom(key) if unprintable else ProcessBoom(key)
                 raise call.error
             # Both forms of a good output: plain, and wrapped in outcome.Value.
             outputs: list[Any] = [
@@ -389,6 +558,8 @@ class Run:
                 for item in inputs
             ]
             call.returned = True
+            if isinstance(mode, Shape):
+                return cast(list[Any], reshape(outputs, mode))
             return outputs[:-1] if mode == "break" else outputs
         finally:
             call.end_time = trio.current_time()
@@ -607,11 +778,13 @@ class Run:
                         if caller.cancel_seq is None:
                             caller.cancel_seq, caller.cancel_time = self.mark()
                         caller.scope.cancel()
-                case FailNextBatch(key):
-                    self.pending_modes[key].append("fail")
+                case FailNextBatch(key, unprintable):
+                    self.pending_modes[key].append(("fail", unprintable))
                 case BreakNextBatch(key):
-                    self.pending_modes[key].append("break")
-                case FailItem(index):
+                    self.pending_modes[key].append(("break", False))
+                case ReshapeNextBatch(key, shape):
+                    self.pending_modes[key].append((shape, False))
+                case FailItem(index, unprintable):
                     processed = self._processed_items()
                     pending = [
                         c
@@ -623,7 +796,8 @@ class Run:
                     ]
                     if pending:
                         caller = pending[index % len(pending)]
-                        self.item_failures[caller.index] = ItemBoom(caller.index)
+                        boom = UnprintableItemBoom if unprintable else ItemBoom
+                        self.item_failures[caller.index] = boom(caller.index)
                 case Settle():
                     await trio.testing.wait_all_tasks_blocked()
                     self.check_settled(batcher)
@@ -830,7 +1004,7 @@ def check_caller(
 
     if outcome.kind == "output":
         assert call is not None, f"{what}: item never processed"
-        assert call.mode == "ok", what
+        assert call.readable(), f"{what}: from a call whose mode was {call.mode}"
         assert call.returned, what
         assert caller.index not in call.failed_items, f"{what}: its item was failed alone"
         assert outcome.value == (caller.key, caller.index), f"{what}: wrong output"
@@ -839,6 +1013,10 @@ def check_caller(
 
     exc = outcome.value
     assert isinstance(exc, tb.BatchError)
+    try:
+        str(exc)
+    except Exception as error:
+        pytest.fail(f"caller {caller.index}: str() of its {type(exc).__name__} raised {error!r}")
     if late:
         assert isinstance(exc, tb.BatcherClosed), f"{what}: submitted after the body ended"
     if isinstance(exc, tb.BatcherClosed):
@@ -864,22 +1042,26 @@ def check_caller(
     elif isinstance(exc, tb.ResourceAcquisitionFailed):
         assert call is None, what
         assert caller.key in sc.failing_acquire_keys, what
-        assert isinstance(exc.__cause__, AcquireBoom), f"{what}: cause {exc.__cause__!r}"
+        assert isinstance(exc.__cause__, AcquireBoom), f"{what}: cause {safe_repr(exc.__cause__)}"
+        unprintable = isinstance(exc.__cause__, UnprintableAcquireBoom)
+        assert unprintable == sc.unprintable_acquire_error, what
     elif isinstance(exc, tb.BatchFailed):
         assert call is not None, what
         assert call.mode == "fail", what
-        assert exc.__cause__ is call.error, f"{what}: cause {exc.__cause__!r}"
+        assert exc.__cause__ is call.error, f"{what}: cause {safe_repr(exc.__cause__)}"
     elif isinstance(exc, tb.ProcessorContractError):
         assert call is not None, what
-        assert call.mode == "break", what
+        assert call.broke_contract(), f"{what}: from a call whose mode was {call.mode}"
         assert call.returned, what
     elif isinstance(exc, tb.ItemFailed):
         # Only the item process failed alone, in a call that returned its outputs.
         assert call is not None, what
-        assert call.mode == "ok", what
+        assert call.readable(), f"{what}: from a call whose mode was {call.mode}"
         assert call.returned, what
         assert caller.index in call.failed_items, f"{what}: its item was not failed"
-        assert exc.__cause__ is call.failed_items[caller.index], f"{what}: cause {exc.__cause__!r}"
+        assert exc.__cause__ is call.failed_items[caller.index], (
+            f"{what}: cause {safe_repr(exc.__cause__)}"
+        )
     else:
         pytest.fail(f"{what}: unexpected error type")
 
@@ -1054,9 +1236,44 @@ WAITER_WITH_DEADLINE = Scenario(
 )
 
 
+# Every kind of misbehaving user code at least once, in batches one after another:
+# outputs that are mapping-like, then a numpy array with an item failed by an
+# unprintable exception, then process and acquire raising unprintable exceptions.
+MISBEHAVING_USER_CODE = Scenario(
+    policy=tb.Immediate(),
+    limits=tb.Limits(max_batch_size=2, max_key_concurrency=1, max_batch_queue_size=1),
+    use_acquire=True,
+    acquire_delay=0.0,
+    failing_acquire_keys=frozenset({"b"}),
+    process_delay=0.5,
+    script=(
+        ReshapeNextBatch("a", Shape.MAPPING_LIKE),
+        Submit("a", None),
+        Submit("a", None),
+        Sleep(1.0),
+        ReshapeNextBatch("a", Shape.NUMPY),
+        Submit("a", None),
+        FailItem(0, unprintable=True),
+        Submit("a", None),
+        Sleep(1.0),
+        FailNextBatch("a", unprintable=True),
+        Submit("a", None),
+        Submit("b", None),
+        Sleep(1.0),
+    ),
+    settle_after_sleeps=True,
+    final_pause=FinalPause.NONE,
+    ending=Ending.DRAIN,
+    drain_cancel_delay=0.0,
+    late_submit=False,
+    unprintable_acquire_error=True,
+)
+
+
 @settings(max_examples=MAX_EXAMPLES, deadline=None)
 @given(scenario=scenarios())
 @example(scenario=WAITER_WITH_DEADLINE)
+@example(scenario=MISBEHAVING_USER_CODE)
 def test_batcher_properties(scenario: Scenario) -> None:
     """Run one scripted scenario against the real batcher and check, in every example:
 
@@ -1071,6 +1288,10 @@ def test_batcher_properties(scenario: Scenario) -> None:
       BatchFailed / ResourceAcquisitionFailed / ProcessorContractError only for the
       batch that failed, with its cause; ItemFailed only for the item process failed
       alone (cause: its own exception), every other caller of that call gets its output;
+    - a batch's end is total: outputs readable by position (a tuple, a numpy array, a
+      tensor-like) reach their callers, any other shape is ProcessorContractError for
+      every caller, exceptions that cannot be printed still give the right error (and
+      every error delivered can be printed), and the block does not die;
     - Overflow.WAIT: waiters are admitted first come, first served (the order checks
       above), and at settle points waiting_submits fits full queues only;
     - Size and Duration never start a batch early (deadline-aware Duration: only as

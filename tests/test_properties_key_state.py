@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 
 import hypothesis.strategies as st
-from conftest import EXAMPLE_SCALE
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -22,26 +21,16 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from tutil import EXAMPLE_SCALE, policies, rejects_when_full
 
 import trio_batch as tb
 from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
-from trio_batch._policies import Policy
 
 Item = int
 KeyBatch = Batch[Item, Item]
 
 
-def policies(max_batch_size: int) -> st.SearchStrategy[Policy]:
-    return st.one_of(
-        st.just(tb.Immediate()),
-        st.just(tb.Size()),
-        st.builds(
-            tb.Duration,
-            st.sampled_from([0.0, 1.0, 2.5]),
-            st.sampled_from(list(tb.OnFull)),
-        ),
-        st.builds(tb.Balanced, st.integers(1, max_batch_size)),
-    )
+DELAYS = st.sampled_from([0.0, 1.0, 2.5])
 
 
 class KeyStateMachine(RuleBasedStateMachine):
@@ -77,7 +66,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             ),
             label="limits",
         )
-        self.policy = data.draw(policies(self.limits.max_batch_size), label="policy")
+        self.policy = data.draw(policies(self.limits.max_batch_size, delays=DELAYS), label="policy")
 
     # -- the batcher's side -------------------------------------------------
 
@@ -153,10 +142,10 @@ class KeyStateMachine(RuleBasedStateMachine):
         if batch is None:
             # No room only when a new batch was needed and none may be opened.
             assert newest_full
-            rejects_full = (
-                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
+            assert (
+                rejects_when_full(self.policy)
+                or len(queue_before) >= self.limits.max_batch_queue_size
             )
-            assert rejects_full or len(queue_before) >= self.limits.max_batch_queue_size
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
                 self.state.overflow.append((item, item))
@@ -317,10 +306,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             queue = self.queue()
             assert queue
             assert queue[-1].size >= self.limits.max_batch_size
-            rejects_full = (
-                isinstance(self.policy, tb.Duration) and self.policy.on_full is tb.OnFull.REJECT
-            )
-            assert rejects_full or len(queue) >= self.limits.max_batch_queue_size
+            assert rejects_when_full(self.policy) or len(queue) >= self.limits.max_batch_queue_size
 
     @invariant()
     def idle_means_empty(self) -> None:

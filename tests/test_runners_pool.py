@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_batch._runners import MAX_IDLE_RUNNERS, RunnerPool
+from trio_batch._runners import MAX_IDLE_RUNNERS, MAX_STEP_WEIGHT, RunnerPool
 
 seen_var: contextvars.ContextVar[str] = contextvars.ContextVar("seen_var", default="unset")
 
@@ -27,6 +27,10 @@ class Job:
 
     def run(self) -> Coroutine[Any, Any, None]:
         return self._run()
+
+    @property
+    def weight(self) -> int:
+        return 1
 
     async def _run(self) -> None:
         self.log.append((self.name, trio.lowlevel.current_task(), trio.current_time()))
@@ -145,3 +149,27 @@ async def test_a_job_that_raises_takes_its_runner_down_with_it() -> None:
             await trio.testing.wait_all_tasks_blocked()
     assert [name for name, _, _ in log] == ["raises"]
     assert len(pool) == 1
+
+
+async def test_a_step_runs_at_most_max_step_weight_before_yielding() -> None:
+    # Non-blocking jobs do not hold the scheduler for ever: after jobs weighing
+    # MAX_STEP_WEIGHT, the runner yields once (and stays the only runner).
+    log: list[tuple[str, trio.lowlevel.Task, float]] = []
+    steps: list[int] = []
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name == "runner":
+                steps.append(len(log))
+
+    jobs = 3 * MAX_STEP_WEIGHT + 1
+    trio.lowlevel.add_instrument(CountSteps())
+    async with trio.open_nursery() as nursery:
+        pool = RunnerPool(nursery, contextvars.copy_context(), "runner")
+        pool.put([Job(log, str(n)) for n in range(jobs)])
+        await trio.testing.wait_all_tasks_blocked()
+        pool.exit_when_idle()
+    assert [name for name, _, _ in log] == [str(n) for n in range(jobs)]
+    assert len({task for _, task, _ in log}) == 1
+    # Steps began after 0, 256, 512 and 768 jobs (then one to exit).
+    assert steps[:4] == [0, MAX_STEP_WEIGHT, 2 * MAX_STEP_WEIGHT, 3 * MAX_STEP_WEIGHT]

@@ -115,7 +115,7 @@ from ._policies import (
     start_reason,
 )
 from ._runners import RunnerPool
-from ._sharing import SharingKeyState, Slot, identity_of, members, spread
+from ._sharing import SharingKeyState, Slot, forget_slots, identity_of, members, spread
 from ._statistics import BatcherStatistics
 from ._timers import Timers
 
@@ -155,6 +155,24 @@ _NEXT_PHASES = {
     _Phase.TORN_DOWN: (_Phase.CLOSED,),
     _Phase.CLOSED: (),
 }
+
+
+@final
+@attrs.frozen
+class _Options:
+    """The arguments of :func:`open_batcher`, checked, on their way to the batcher."""
+
+    process: Callable[..., Awaitable[Sequence[Any]]]
+    acquire: Callable[[Any], AbstractAsyncContextManager[Any]] | None
+    policy: Policy
+    limits: Limits
+    name: str
+    #: None when unobserved.
+    dispatch: Dispatch | None
+    #: DataLoader's conveniences (issue 15).
+    dedupe: bool | Callable[[Any], Hashable] = False
+    cache: MutableMapping[Any, Any] | None = None
+    cancel_abandoned: bool = False
 
 
 class _NoPublicConstructor(type):
@@ -292,6 +310,11 @@ class _Run:
     def run(self) -> Any:
         return self.batcher._run_batch(self)
 
+    @property
+    def weight(self) -> int:
+        """Items the batch had (what its runner's step budget counts)."""
+        return len(self.batch.inputs)
+
 
 @final
 class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
@@ -330,24 +353,15 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_wait_for_room",
     )
 
-    def __init__(
-        self,
-        process: Callable[..., Awaitable[Sequence[O]]],
-        acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
-        policy: Policy,
-        limits: Limits,
-        name: str,
-        dispatch: Dispatch | None,
-        nursery: trio.Nursery,
-        options: _Options,
-    ) -> None:
-        self._process = process
-        self._acquire = acquire
-        self._policy = policy
-        self._limits = limits
-        self._name = name
+    def __init__(self, options: _Options, nursery: trio.Nursery) -> None:
+        # The options, copied into slots of their own: the hot path reads them.
+        self._process = options.process
+        self._acquire = options.acquire
+        self._policy = policy = options.policy
+        self._limits = limits = options.limits
+        self._name = name = options.name
         # None when unobserved: the hot path tests this one attribute.
-        self._dispatch = dispatch
+        self._dispatch = options.dispatch
         self._phase = _Phase.OPEN
         # The run that opened the block: submit from any other is refused.
         self._root = trio.lowlevel.current_root_task()
@@ -460,6 +474,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if trio.lowlevel.current_root_task() is not self._root:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
             raise RuntimeError(
                 f"batcher {self._name!r} belongs to another Trio run; a batcher can "
                 "only be used from the trio.run that opened it"
@@ -1073,6 +1088,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 logger.warning("%s", result.message)
         elif self._cache is not None:
             self._store(key, batch, result)
+        # Each waiter refers to its batch: break the cycle, so that both are
+        # freed by reference counting as their callers resume, never left for
+        # the garbage collector (whose collections then cost every parked caller).
+        if self._sharing:
+            forget_slots(waiters)
+        batch.waiters = []
         if state.overflow:
             self._admit(key, state)
         if not unwinding and state.waiting:
@@ -1254,6 +1275,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 callers, _ = self._deliver(batch.waiters, closed)
                 if self._dispatch is not None:
                     self._observe_finish(_Run(self, key, state, batch), callers, closed, 0)
+                if self._sharing:
+                    forget_slots(batch.waiters)
                 batch.waiters = []
                 batch.inputs = []
             self._deliver([waiter for _, waiter in state.overflow], closed)
@@ -1274,15 +1297,6 @@ def _gave_up(waiter: _Waiter) -> bool:
 
 #: Not in the cache.
 _MISSING: Any = object()
-
-
-@attrs.frozen
-class _Options:
-    """``open_batcher``'s DataLoader options, checked."""
-
-    dedupe: bool | Callable[[Any], Hashable] = False
-    cache: MutableMapping[Any, Any] | None = None
-    cancel_abandoned: bool = False
 
 
 _OUTCOMES = {
@@ -1453,31 +1467,21 @@ def open_batcher(
     if not isinstance(cancel_abandoned, bool):
         raise TypeError(f"cancel_abandoned must be a bool, got {cancel_abandoned!r}")
     observers = tuple(observers)
-    # None when unobserved: the hot path tests this one attribute.
     dispatch = Dispatch(name, observers) if observers else None
-    options = _Options(dedupe, cache, cancel_abandoned)
-    return _open(process, acquire, policy, limits, name, dispatch, options)
+    options = _Options(
+        process, acquire, policy, limits, name, dispatch, dedupe, cache, cancel_abandoned
+    )
+    return _open(options)
 
 
 @asynccontextmanager
-async def _open(
-    process: Callable[..., Awaitable[Sequence[O]]],
-    acquire: Callable[[K], AbstractAsyncContextManager[Any]] | None,
-    policy: Policy,
-    limits: Limits,
-    name: str,
-    dispatch: Dispatch | None,
-    options: _Options,
-) -> AsyncIterator[Batcher[K, Any, O]]:
+async def _open(options: _Options) -> AsyncIterator[Batcher[Any, Any, Any]]:
     body_error: BaseException | None = None
-    created: Batcher[K, Any, O] | None = None
+    created: Batcher[Any, Any, Any] | None = None
     try:
         async with trio.open_nursery() as nursery:
             # Built once its nursery exists: no field is None "until later".
-            batcher: Batcher[K, Any, O] = cast(
-                "Batcher[K, Any, O]",
-                Batcher._create(process, acquire, policy, limits, name, dispatch, nursery, options),
-            )
+            batcher: Batcher[Any, Any, Any] = Batcher._create(options, nursery)
             created = batcher
             if batcher._timers is not None:
                 await nursery.start(batcher._timers.run)

@@ -15,6 +15,15 @@ spawns) enough runners for every job still waiting for one, so no job waits
 for another to finish before it can begin; the price is that those jobs begin
 one scheduling round later than with a task each.
 
+A step has a budget. A runner that has run jobs weighing ``MAX_STEP_WEIGHT``
+(items) in one scheduler step without blocking yields once before the next
+job, as if it had blocked. Without it, a queue of non-blocking batches would
+run in one step: callers, timers and other keys would wait for all of it, and
+the outcomes it delivers would pile up unconsumed (tens of thousands at once
+with many callers), making the garbage collector run again and again over
+every parked caller. Yielding lets the woken callers run, and the objects of
+each step are freed before the next.
+
 The same-round barrier. A job put by a task that is not a runner (a caller, the
 timer task) must not begin in the scheduling round it was put in: its owner
 promises that work submitted in that round still joins it. Each such put gets
@@ -46,12 +55,21 @@ __all__ = ["MAX_IDLE_RUNNERS", "Job", "RunnerPool"]
 #: Idle runner tasks a pool keeps parked for the next jobs; more exit.
 MAX_IDLE_RUNNERS = 16
 
+#: A runner that has run jobs of this much weight (items) in one step without
+#: blocking yields to the scheduler before it takes the next job.
+MAX_STEP_WEIGHT = 256
+
 
 class Job(Protocol):
     """Work for a runner: one coroutine, run to its end."""
 
     def run(self) -> Coroutine[Any, Any, None]:
         """The coroutine to run (it must handle its own exceptions)."""
+        ...
+
+    @property
+    def weight(self) -> int:
+        """How much work the job was (items), read after it has run."""
         ...
 
 
@@ -172,19 +190,20 @@ class RunnerPool:
 
         while True:
             self._pending -= 1
+            # Weight of the jobs run in this scheduler step so far.
+            step_weight = 0
             while jobs:
                 job, sequence = jobs[0]
-                if sequence > barrier:
-                    # Put in this round, perhaps: look again in the next one,
-                    # counted as pending meanwhile.
-                    self._pending += 1
-                    self._sequence += 1
-                    barrier = self._sequence
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    self._pending -= 1
+                if sequence > barrier or step_weight >= MAX_STEP_WEIGHT:
+                    # Put in this round, perhaps, or this step has run long
+                    # enough: look again in the next round.
+                    barrier = await self._yield_once()
+                    step_weight = 0
                     continue
                 jobs.popleft()
-                await self._drive(job.run())
+                blocked = await self._drive(job.run())
+                # A job that blocked began a new step when it resumed.
+                step_weight = (0 if blocked else step_weight) + job.weight
                 # Keep nothing of a job while this runner is idle.
                 job = None  # type: ignore[assignment]
             if self._exit_when_idle or len(idle) >= MAX_IDLE_RUNNERS:
@@ -192,8 +211,20 @@ class RunnerPool:
             idle.append(task)
             barrier = await trio.lowlevel.wait_task_rescheduled(abort)
 
+    async def _yield_once(self) -> int:
+        """Let every other runnable task run once; return the runner's new barrier.
+
+        Meanwhile the runner counts as pending, so a put does not wake another.
+        """
+        self._pending += 1
+        self._sequence += 1
+        barrier = self._sequence
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._pending -= 1
+        return barrier
+
     @types.coroutine
-    def _drive(self, coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, None]:
+    def _drive(self, coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, bool]:
         """Run one job's coroutine in this runner's task, in a context of its own.
 
         Each step runs in a fresh copy of the pool's context, as if the job had
@@ -205,12 +236,13 @@ class RunnerPool:
         send: Callable[[Any], Any] = coro.send
         value: Any = None
         error: BaseException | None = None
+        blocked = False
         while True:
             self._driving = True
             try:
                 trap = run(send, value) if error is None else run(coro.throw, error)
             except StopIteration:
-                return
+                return blocked
             finally:
                 self._driving = False
                 error = None  # no cycle through this frame's traceback
@@ -218,6 +250,7 @@ class RunnerPool:
             if jobs and self._pending < len(jobs) and not self._stopped:
                 for _ in range(len(jobs) - self._pending):
                     self._add_runner()
+            blocked = True
             try:
                 value = yield trap
             except GeneratorExit:

@@ -50,7 +50,7 @@ from typing import Any, Generic, TypeVar
 from ._key_state import Batch, KeyState
 from ._policies import Limits, Policy
 
-__all__ = ["SharingKeyState", "Slot", "identity_of", "members", "spread"]
+__all__ = ["SharingKeyState", "Slot", "forget_slots", "identity_of", "members", "spread"]
 
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
 W = TypeVar("W")
@@ -193,3 +193,15 @@ def spread(slots: Sequence[Slot[W]], outputs: Sequence[Any]) -> tuple[list[W], l
             callers.append(waiter)
             values.append(output)
     return callers, values
+
+
+def forget_slots(slots: Iterable[Slot[Any]]) -> None:
+    """A batch has ended: break the cycles between its slots, their members and it.
+
+    A member refers to its slot and the slot to its members and its batch;
+    breaking the cycles lets reference counting free them all as the callers
+    resume, instead of leaving them to the garbage collector.
+    """
+    for slot in slots:
+        slot.members = []
+        slot.batch = None
