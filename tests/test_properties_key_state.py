@@ -362,7 +362,8 @@ class SharingMachine(RuleBasedStateMachine):
             ),
             label="limits",
         )
-        self.policy = data.draw(st.sampled_from([tb.Immediate(), tb.Size()]), label="policy")
+        choices: list[tb.Policy] = [tb.Immediate(), tb.Size()]
+        self.policy = data.draw(st.sampled_from(choices), label="policy")
 
     def queue(self) -> list[SharedBatch]:
         return self.state.queued_batches()
@@ -401,6 +402,7 @@ class SharingMachine(RuleBasedStateMachine):
             if self.limits.overflow is tb.Overflow.WAIT:
                 self.state.overflow.append((identity, own))
             return
+        assert own.batch is not None
         assert own.batch is batch
         assert self.state.slots[identity] is own
         self.where[caller] = own
