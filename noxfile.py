@@ -16,7 +16,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite (virtual time; property tests use the 'ci' profile)."""
-    session.install("-e", ".[test,sim,prometheus,opentelemetry,bench]", "opentelemetry-sdk")
+    session.install("-e", ".[test,sim,prometheus,opentelemetry,bench,web]", "opentelemetry-sdk")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
