@@ -31,7 +31,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def types(session: nox.Session) -> None:
     """mypy --strict on the package, the tests, the examples and this file."""
-    session.install("-e", ".[test,sim,prometheus,opentelemetry]", "opentelemetry-sdk", MYPY, "nox")
+    session.install(
+        "-e", ".[test,sim,prometheus,opentelemetry,web]", "opentelemetry-sdk", MYPY, "nox"
+    )
     session.run("mypy", "--strict", "trio_batch", "tests", "examples", "benchmarks", "noxfile.py")
 
 
