@@ -4,26 +4,30 @@ Build: ``sphinx-build -n -W --keep-going -b html docs docs/_build/html`` (the
 ``docs`` nox session): nitpicky, warnings are errors.
 
 External links without the network. The build machines reach package
-registries only, so ``sphinx.ext.intersphinx`` cannot fetch Python's or Trio's
-``objects.inv``, and no package ships them. Instead, ``_resolve_external``
-below links the few external names our docstrings mention: standard-library
-names by the rule Python's docs follow (``library/<module>.html#<name>``), and
-Trio names through ``TRIO_PAGES``, a table of which page of Trio's docs
-documents each one (checked against Trio 0.35's docs sources). A name in
-neither still fails the build, so a typo cannot slip through.
+registries only, so ``sphinx.ext.intersphinx`` cannot download an
+``objects.inv``: Python's and Trio's are vendored in ``_inventories/`` and read
+from disk (``_inventories/README.md`` says where each comes from and how to
+rebuild it). ``_resolve_external`` below links the few names no inventory
+holds. A name found nowhere still fails the build, so a typo cannot slip
+through.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-import sys
+import inspect
+import textwrap
+from pathlib import Path
 from typing import Any, TypeVar
 
 from docutils import nodes
 from sphinx.addnodes import pending_xref
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
+from sphinx.ext.intersphinx import missing_reference
 from sphinx.pycode import ModuleAnalyzer
+from sphinx.util.inspect import DefaultValue
 
 import trio_batch
 
@@ -35,12 +39,13 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "myst_parser",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_inventories"]
 root_doc = "index"
 
 # Google-style docstrings only.
@@ -62,29 +67,13 @@ html_title = f"trio_batch {release}"
 
 # -- external links ----------------------------------------------------------
 
-PYTHON_DOCS = "https://docs.python.org/3/library/"
-TRIO_DOCS = "https://trio.readthedocs.io/en/stable/"
+INVENTORIES = Path(__file__).parent / "_inventories"
 OTEL_DOCS = "https://opentelemetry-python.readthedocs.io/en/latest/"
 
-#: Trio names our docs mention -> the page of Trio's docs that documents them.
-TRIO_PAGES = {
-    "trio.Cancelled": "reference-core.html",
-    "trio.CancelScope": "reference-core.html",
-    "trio.TooSlowError": "reference-core.html",
-    "trio.current_effective_deadline": "reference-core.html",
-    "trio.current_time": "reference-core.html",
-    "trio.fail_after": "reference-core.html",
-    "trio.from_thread.run_sync": "reference-core.html",
-    "trio.move_on_after": "reference-core.html",
-    "trio.Nursery": "reference-core.html",
-    "trio.open_nursery": "reference-core.html",
-    "trio.run": "reference-core.html",
-    "trio.sleep": "reference-core.html",
-    "trio.sleep_forever": "reference-core.html",
-    "trio.to_thread.run_sync": "reference-core.html",
-    "trio.lowlevel.current_trio_token": "reference-lowlevel.html",
-    "trio.testing.MockClock": "reference-testing.html",
-    "trio.testing.wait_all_tasks_blocked": "reference-testing.html",
+# Python's and Trio's inventories, read from disk: never downloaded.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3/", str(INVENTORIES / "python-3.11.inv")),
+    "trio": ("https://trio.readthedocs.io/en/stable/", str(INVENTORIES / "trio-0.35.0.inv")),
 }
 
 #: Other external names -> their page. prometheus_client has no API reference
@@ -95,23 +84,19 @@ OTHER_PAGES = {
     "prometheus_client.registry.CollectorRegistry": "https://prometheus.github.io/client_python/",
 }
 
-#: Standard-library modules whose names may be linked.
-PYTHON_MODULES = {"collections", "contextlib", "contextvars", "enum", "logging", "typing"}
+#: Annotations that Sphinx writes without their module -> the name to link.
+BARE_NAMES = {"array": "array.array"}
 
-
-def _python_module(target: str) -> str | None:
-    """The standard-library module that documents ``target``, or None."""
-    parts = target.split(".")
-    if parts[0] not in PYTHON_MODULES or parts[0] not in sys.stdlib_module_names:
-        return None
-    for end in range(len(parts) - 1, 0, -1):
-        name = ".".join(parts[:end])
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            continue
-        return name
-    return None
+# Names that docstrings of trio_batch.sim mention but that trio_batch.sim does
+# not export (helpers of its command line and loader); they have no page to
+# link to. The sim's owners may export or reword them; until then, not errors.
+nitpick_ignore = [
+    ("py:func", "apply_override"),
+    ("py:func", "read_scenario_data"),
+    ("py:func", "scenario_from_data"),
+    ("py:data", "POLICY_SYNTAX"),
+    ("py:exc", "PlottingUnavailable"),
+]
 
 
 def _is_type_variable(target: str) -> bool:
@@ -126,40 +111,72 @@ def _is_type_variable(target: str) -> bool:
 def _resolve_external(
     app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: nodes.TextElement
 ) -> nodes.Element | None:
+    """Link what the inventories do not know: ``OTHER_PAGES``, ``BARE_NAMES``, type variables."""
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"]
-    if node.get("reftype") == "mod" and target in PYTHON_MODULES:
-        uri = f"{PYTHON_DOCS}{target}.html#module-{target}"
-    elif target in TRIO_PAGES:
-        uri = f"{TRIO_DOCS}{TRIO_PAGES[target]}#{target}"
-    elif target in OTHER_PAGES:
+    if target in BARE_NAMES:
+        node["reftarget"] = BARE_NAMES[target]
+        return missing_reference(app, env, node, contnode)
+    if target in OTHER_PAGES:
         page = OTHER_PAGES[target]
         uri = page if "prometheus" in target else f"{page}#{target}"
-    elif (module := _python_module(target)) is not None:
-        uri = f"{PYTHON_DOCS}{module}.html#{target}"
-    elif _is_type_variable(target):
+        reference = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
+        reference += contnode
+        return reference
+    if _is_type_variable(target):
         # A signature's type variable (K, I, O of Batcher): its name is the
         # documentation; there is nothing to link to.
         return contnode
-    else:
-        return None
-    reference = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
-    reference += contnode
-    return reference
+    return None
 
 
-# -- attribute comments of re-exported classes -------------------------------
+# -- what autodoc reads from the source of re-exported names -----------------
 #
-# trio_batch/__init__.py sets each public class's __module__ to "trio_batch"
+# trio_batch/__init__.py sets each public name's __module__ to "trio_batch"
 # (as Trio does), so autodoc reads "#:" comments (enum members, attrs fields)
-# from trio_batch/__init__.py, where there are none. Give the analyzer of
-# "trio_batch" the comments of the private modules that define the classes.
+# and @overload signatures from trio_batch/__init__.py, where there are none.
+# Give the analyzer of "trio_batch" those of the private modules that define
+# the names: then open_batcher shows its typed overloads, not the untyped
+# implementation.
 
 PRIVATE_MODULES = ("_batcher", "_errors", "_observe", "_policies", "_statistics")
 
 
-def _merge_attribute_comments(app: Sphinx) -> None:
+def _source_defaults(function: Any) -> dict[str, str]:
+    """Each parameter's default as written in ``function``'s source (``"Immediate()"``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    definition = tree.body[0]
+    assert isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef)
+    arguments = definition.args
+    positional = arguments.posonlyargs + arguments.args
+    defaults = dict(
+        zip(
+            [argument.arg for argument in positional[len(positional) - len(arguments.defaults) :]],
+            [ast.unparse(default) for default in arguments.defaults],
+            strict=True,
+        )
+    )
+    for argument, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True):
+        if default is not None:
+            defaults[argument.arg] = ast.unparse(default)
+    return defaults
+
+
+def _with_source_defaults(overload: inspect.Signature, function: Any) -> inspect.Signature:
+    """``overload`` with each ``= ...`` default replaced by the implementation's default."""
+    defaults = _source_defaults(function)
+    return overload.replace(
+        parameters=[
+            parameter.replace(default=DefaultValue(defaults[parameter.name]))
+            if str(parameter.default) == "..." and parameter.name in defaults
+            else parameter
+            for parameter in overload.parameters.values()
+        ]
+    )
+
+
+def _merge_private_modules(app: Sphinx) -> None:
     package = ModuleAnalyzer.for_module("trio_batch")
     package.analyze()
     for name in PRIVATE_MODULES:
@@ -167,6 +184,11 @@ def _merge_attribute_comments(app: Sphinx) -> None:
         private.analyze()
         package.attr_docs.update(private.attr_docs)
         package.tagorder.update(private.tagorder)
+        for qualname, overloads in private.overloads.items():
+            function = getattr(trio_batch, qualname)
+            package.overloads[qualname] = [
+                _with_source_defaults(overload, function) for overload in overloads
+            ]
 
 
 def _untyped_attribute_docs(
@@ -189,7 +211,7 @@ def _untyped_attribute_docs(
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
-    app.connect("builder-inited", _merge_attribute_comments)
+    app.connect("builder-inited", _merge_private_modules)
     # Before napoleon (priority 500), which reads the same lines.
     app.connect("autodoc-process-docstring", _untyped_attribute_docs, priority=400)
     app.connect("missing-reference", _resolve_external)

@@ -1,6 +1,6 @@
 """Ingest into a real database: thousands of Trio tasks each insert one row into SQLite.
 
-Run it with ``python examples/sqlite_ingest.py [--rows N] [--dir DIR]``.
+Run it with ``python examples/sqlite_ingest.py [--rows N] [--dir DIR] [--tasks N]``.
 
 Every task wants to do the same small thing: insert its row and know that it is
 committed. Done naively, that is one transaction per row, and each commit waits
@@ -18,6 +18,14 @@ connection must not run two transactions at once). SQLite has a single writer
 anyway, so the lock costs nothing that the database would not impose, and it
 avoids SQLite's busy-wait sleeps. Both modes share this code path; the only
 difference is how many rows each transaction carries.
+
+Files and sizes: without ``--dir`` the databases live in a temporary folder
+that is removed at the end. With ``--dir`` they are kept, under names that no
+file in that folder has yet (``one_per_row.db``, then ``one_per_row-2.db``, and
+so on): an existing database is never overwritten, and the script says which
+files it wrote. At most ``--tasks`` tasks (default 10,000) are alive at once,
+each inserting one row, however many ``--rows`` there are, so memory stays
+bounded; a finished task makes room for the next row's task.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final, final
+from typing import Final, NoReturn, final
 
 import attrs
 import trio
@@ -39,6 +47,8 @@ import trio_batch as tb
 
 #: Rows per transaction at most, when batching.
 MAX_BATCH: Final = 500
+#: Tasks alive at once, each inserting one row, unless --tasks says otherwise.
+DEFAULT_TASKS: Final = 10_000
 
 Row = tuple[int, str]
 
@@ -90,21 +100,41 @@ def _row(task: int) -> Row:
     return (task, f"event from task {task}")
 
 
-async def ingest_one_per_row(database: Database, rows: int) -> IngestResult:
-    """``rows`` concurrent tasks, each committing its own row in its own transaction."""
+async def run_tasks(count: int, limit: int, task: Callable[[int], Awaitable[object]]) -> None:
+    """Run ``task(0)``, ..., ``task(count - 1)``, each in its own task, at most ``limit`` at once.
+
+    Tasks are started in order, each as soon as fewer than ``limit`` are alive,
+    so memory is bounded by ``limit``, not by ``count``.
+    """
+    room = trio.Semaphore(limit)
+
+    async def run_one(number: int) -> None:
+        try:
+            await task(number)
+        finally:
+            room.release()
+
+    async with trio.open_nursery() as nursery:
+        for number in range(count):
+            await room.acquire()
+            nursery.start_soon(run_one, number)
+
+
+async def ingest_one_per_row(
+    database: Database, rows: int, tasks: int = DEFAULT_TASKS
+) -> IngestResult:
+    """``rows`` tasks (at most ``tasks`` at once), each committing its row alone."""
 
     async def insert_one(task: int) -> None:
         await trio.to_thread.run_sync(database.insert_rows, [_row(task)])
 
     started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for task in range(rows):
-            nursery.start_soon(insert_one, task)
+    await run_tasks(rows, tasks, insert_one)
     return IngestResult(rows, time.perf_counter() - started, transactions=rows)
 
 
-async def ingest_batched(database: Database, rows: int) -> IngestResult:
-    """``rows`` concurrent tasks, each submitting its row to a batcher.
+async def ingest_batched(database: Database, rows: int, tasks: int = DEFAULT_TASKS) -> IngestResult:
+    """``rows`` tasks (at most ``tasks`` at once), each submitting its row to a batcher.
 
     Each task still awaits its own row's commit: ``submit`` returns after the
     transaction holding the row has committed, and raises if it failed.
@@ -123,12 +153,12 @@ async def ingest_batched(database: Database, rows: int) -> IngestResult:
     # waits for room (backpressure) instead of being rejected.
     limits = tb.Limits(max_batch_size=MAX_BATCH, max_key_concurrency=1, overflow=tb.Overflow.WAIT)
     started = time.perf_counter()
-    async with (
-        tb.open_batcher(insert_batch, policy=tb.Immediate(), limits=limits) as batcher,
-        trio.open_nursery() as nursery,
-    ):
-        for task in range(rows):
-            nursery.start_soon(batcher.submit, "events", _row(task))
+    async with tb.open_batcher(insert_batch, policy=tb.Immediate(), limits=limits) as batcher:
+
+        async def insert_one(task: int) -> None:
+            await batcher.submit("events", _row(task))
+
+        await run_tasks(rows, tasks, insert_one)
     return IngestResult(rows, time.perf_counter() - started, transactions)
 
 
@@ -166,15 +196,65 @@ def verify(path: Path, rows: int) -> list[str]:
     return problems
 
 
-async def compare(directory: Path, rows: int) -> tuple[IngestResult, IngestResult]:
-    """Run both ingestions, each on a fresh database file in ``directory``."""
+#: The two modes: a label, the stem of the database's file name, the ingestion.
+MODES: Final = (
+    ("one per row", "one_per_row", ingest_one_per_row),
+    ("batched", "batched", ingest_batched),
+)
+
+
+class SetupError(Exception):
+    """The databases cannot be created where asked; the message is one line."""
+
+
+def create_databases(directory: Path) -> list[Path]:
+    """Create one new, empty database file per mode in ``directory``; never reuse one.
+
+    The names are ``one_per_row.db`` and ``batched.db``, or, if either name is
+    taken by anything (a file, a folder), ``one_per_row-2.db`` and
+    ``batched-2.db``, and so on: the first number for which both are free.
+
+    Raises:
+        SetupError: ``directory`` is not a folder that can hold new files.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise SetupError(f"--dir {directory} is not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SetupError(f"--dir {directory}: cannot create it: {error.strerror}") from error
+    number = 1
+    while True:
+        suffix = "" if number == 1 else f"-{number}"
+        paths = [directory / f"{stem}{suffix}.db" for _, stem, _ in MODES]
+        if not any(path.exists() or path.is_symlink() for path in paths):
+            break
+        number += 1
+    created: list[Path] = []
+    try:
+        for path in paths:
+            path.touch(exist_ok=False)  # an empty file is an empty SQLite database
+            created.append(path)
+    except OSError as error:
+        for path in created:
+            path.unlink()
+        if isinstance(error, FileExistsError):  # taken since we looked: another run
+            return create_databases(directory)
+        raise SetupError(
+            f"--dir {directory}: cannot create {path.name}: {error.strerror}"
+        ) from error
+    return paths
+
+
+async def compare(
+    paths: Sequence[Path], rows: int, tasks: int = DEFAULT_TASKS
+) -> tuple[IngestResult, IngestResult]:
+    """Run both ingestions, each on its own database file (one path per mode)."""
     results = []
-    for name, ingest in (("one_per_row.db", ingest_one_per_row), ("batched.db", ingest_batched)):
-        path = directory / name
-        path.unlink(missing_ok=True)
+    for path, (_, _, ingest) in zip(paths, MODES, strict=True):
         database = Database(path)
         try:
-            results.append(await ingest(database, rows))
+            results.append(await ingest(database, rows, tasks))
         finally:
             database.close()
     return results[0], results[1]
@@ -184,24 +264,47 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage and message.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; the exit status is 1 if a table is wrong."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rows", type=int, default=2000, help="rows (and tasks) per mode")
+    """Run the comparison; the exit status is 1 if a table is wrong, 2 for bad input."""
+    parser = _Parser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--dir", type=Path, help="where to put the database files (default: a temporary directory)"
+        "--rows",
+        type=int,
+        default=2000,
+        help="rows per mode, each inserted by its own task (default 2000)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="keep the database files in this folder, under new names "
+        "(default: a temporary folder, removed at the end)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=DEFAULT_TASKS,
+        help=f"tasks alive at once, each inserting one row (default {DEFAULT_TASKS:,})",
     )
     args = parser.parse_args(argv)
     if args.rows < 1:
         parser.error(f"--rows must be >= 1, got {args.rows}")
+    if args.tasks < 1:
+        parser.error(f"--tasks must be >= 1, got {args.tasks}")
 
     with tempfile.TemporaryDirectory(prefix="sqlite_ingest_") as temporary:
-        directory = args.dir if args.dir is not None else Path(temporary)
-        directory.mkdir(parents=True, exist_ok=True)
-        single, batched = trio.run(compare, directory, args.rows)
+        try:
+            paths = create_databases(args.dir if args.dir is not None else Path(temporary))
+        except SetupError as error:
+            parser.error(str(error))
+        single, batched = trio.run(compare, paths, args.rows, args.tasks)
         problems = {
-            name: verify(directory / filename, args.rows)
-            for name, filename in (("one per row", "one_per_row.db"), ("batched", "batched.db"))
+            label: verify(path, args.rows) for path, (label, _, _) in zip(paths, MODES, strict=True)
         }
 
     print(
@@ -214,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{batched.rows / batched.transactions:.1f} rows each)"
     )
     print(f"speed-up: {batched.rows_per_second / single.rows_per_second:.1f}x")
+    if args.dir is not None:
+        print(f"databases kept: {', '.join(str(path) for path in paths)}")
     failed = False
-    for name, found in problems.items():
+    for label, found in problems.items():
         for problem in found:
-            print(f"verification FAILED ({name}): {problem}", file=sys.stderr)
+            print(f"verification FAILED ({label}): {problem}", file=sys.stderr)
             failed = True
     if not failed:
         print(f"verified: each table holds all {args.rows} rows, each exactly once")

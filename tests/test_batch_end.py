@@ -31,8 +31,8 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,6 +41,14 @@ import outcome
 import pytest
 import trio
 import trio.testing
+from tutil import (
+    DataFrameLikeOutputs,
+    Events,
+    LyingLengthOutputs,
+    MappingLikeOutputs,
+    TensorLikeOutputs,
+    UnprintableOSError,
+)
 
 import trio_batch as tb
 
@@ -52,16 +60,6 @@ ZERO_STATS = tb.BatcherStatistics(0, 0, 0, 0)
 
 class Boom(Exception):
     """Raised by the body of a block."""
-
-
-class Unprintable(OSError):
-    """An exception whose ``str()`` and ``repr()`` both raise."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("str() of Unprintable raised")
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr() of Unprintable raised")
 
 
 # --------------------------------------------------------------------------------------
@@ -125,27 +123,6 @@ def assert_unprintable_message(error: BaseException, type_name: str) -> None:
 # 1. Outputs are read by position; anything else is a ProcessorContractError
 
 
-class LabelIndexed:
-    """Mapping-like: a length, and ``__getitem__`` by label (``obj[0]`` is ``KeyError(0)``)."""
-
-    def __init__(self, inputs: list[str]) -> None:
-        self._by_label = {f"label-{x}": f"mapped:{x}" for x in inputs}
-
-    def __len__(self) -> int:
-        return len(self._by_label)
-
-    def __getitem__(self, label: str) -> str:
-        return self._by_label[label]
-
-
-class LongerLength(list[str]):
-    """A list whose ``len()`` claims one item more than it holds (and iterates over):
-    reading the last position is ``IndexError``."""
-
-    def __len__(self) -> int:
-        return super().__len__() + 1
-
-
 class IterationDisagrees:
     """Reads by position consistently with ``len()``, but iteration yields one item more."""
 
@@ -162,68 +139,17 @@ class IterationDisagrees:
         return iter(["iterated", *self._rows])
 
 
-class FrameByLabel:
-    """DataFrame-like: ``len()`` is rows, iteration yields column labels, ``[]`` takes a
-    column by label (so ``frame[0]`` is ``KeyError(0)``, as for a pandas DataFrame)."""
-
-    def __init__(self, inputs: list[str]) -> None:
-        # As many columns as rows, so that zipping over it "fits".
-        self._columns = {f"col{j}": [f"frame:{x}:{j}" for x in inputs] for j in range(len(inputs))}
-        self._rows = len(inputs)
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns)
-
-    def __getitem__(self, label: str) -> list[str]:
-        return self._columns[label]
-
-
-class FrameByPosition(FrameByLabel):
+class FrameByPosition(DataFrameLikeOutputs):
     """DataFrame-like, but ``frame[i]`` (an int) is row ``i``; iteration still yields labels."""
 
-    def __init__(self, inputs: list[str]) -> None:
-        super().__init__(inputs)
-        self._row_by_position = [f"row:{x}" for x in inputs]
+    def __init__(self, outputs: list[str]) -> None:
+        super().__init__(outputs)
+        self._row_by_position = list(outputs)
 
     def __getitem__(self, label: str | int) -> Any:
         if isinstance(label, int):
             return self._row_by_position[label]
         return super().__getitem__(label)
-
-
-class RaisesOnRead:
-    """A lazy array-like: reading position 1 raises (every other position reads fine)."""
-
-    def __init__(self, inputs: list[str]) -> None:
-        self._inputs = inputs
-
-    def __len__(self) -> int:
-        return len(self._inputs)
-
-    def __getitem__(self, index: int) -> str:
-        if index == 1:
-            raise RuntimeError("cannot read output 1")
-        if not 0 <= index < len(self._inputs):
-            raise IndexError(index)
-        return f"lazy:{self._inputs[index]}"
-
-
-class TorchLike:
-    """A tensor-like: a length and rows by position, no ``__iter__``."""
-
-    def __init__(self, inputs: list[str]) -> None:
-        self._inputs = inputs
-
-    def __len__(self) -> int:
-        return len(self._inputs)
-
-    def __getitem__(self, index: int) -> str:
-        if not 0 <= index < len(self._inputs):
-            raise IndexError(index)
-        return f"tensor-row:{self._inputs[index]}"
 
 
 async def run_bad_then_good(
@@ -242,13 +168,32 @@ async def run_bad_then_good(
             return make_outputs(inputs)
         return [f"{key}:{x}" for x in inputs]
 
+    return await run_bad_key_then_good_key(process, name="outputs")
+
+
+async def run_bad_key_then_good_key(
+    process: Callable[..., Awaitable[Any]],
+    *,
+    acquire: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+    name: str = "batcher",
+) -> tuple[dict[int, object], dict[int, object], Exception | None, tb.BatcherStatistics]:
+    """Two callers of key ``"bad"`` (``"x"``, ``"y"``), then two of ``"good"``.
+
+    With ``Size`` and ``max_batch_size=2``: one batch per key. Returns what
+    the callers of each batch got, what the block raised, and the statistics
+    after the block.
+    """
     first: dict[int, object] = {}
     later: dict[int, object] = {}
     escaped: Exception | None = None
     with trio.fail_after(HANG_GUARD):
         try:
             async with tb.open_batcher(
-                process, policy=tb.Size(), limits=tb.Limits(max_batch_size=2), name="outputs"
+                process,
+                acquire=acquire,
+                policy=tb.Size(),
+                limits=tb.Limits(max_batch_size=2),
+                name=name,
             ) as batcher:
                 first = await submit_together(batcher, "bad", ["x", "y"])
                 later = await submit_together(batcher, "good", ["x", "y"])
@@ -260,12 +205,12 @@ async def run_bad_then_good(
 @pytest.mark.parametrize(
     "make_outputs",
     [
-        pytest.param(LabelIndexed, id="mapping-like"),
+        pytest.param(MappingLikeOutputs, id="mapping-like"),
         pytest.param(
-            lambda inputs: LongerLength(f"out:{x}" for x in inputs[:-1]), id="len-too-long"
+            lambda inputs: LyingLengthOutputs(f"out:{x}" for x in inputs[:-1]), id="len-too-long"
         ),
-        pytest.param(FrameByLabel, id="dataframe-like"),
-        pytest.param(RaisesOnRead, id="raises-while-read"),
+        pytest.param(DataFrameLikeOutputs, id="dataframe-like"),
+        pytest.param(lambda inputs: TensorLikeOutputs(inputs, raise_at=1), id="raises-while-read"),
     ],
 )
 async def test_outputs_not_readable_by_position_fail_every_caller_and_the_batcher_goes_on(
@@ -285,8 +230,16 @@ async def test_outputs_not_readable_by_position_fail_every_caller_and_the_batche
     ("make_outputs", "expected"),
     [
         pytest.param(IterationDisagrees, ["row:x", "row:y"], id="iteration-disagrees-with-len"),
-        pytest.param(FrameByPosition, ["row:x", "row:y"], id="dataframe-like-rows-by-position"),
-        pytest.param(TorchLike, ["tensor-row:x", "tensor-row:y"], id="torch-like"),
+        pytest.param(
+            lambda inputs: FrameByPosition([f"row:{x}" for x in inputs]),
+            ["row:x", "row:y"],
+            id="dataframe-like-rows-by-position",
+        ),
+        pytest.param(
+            lambda inputs: TensorLikeOutputs([f"tensor-row:{x}" for x in inputs]),
+            ["tensor-row:x", "tensor-row:y"],
+            id="torch-like",
+        ),
         pytest.param(
             lambda inputs: np.array([f"np:{x}" for x in inputs]), ["np:x", "np:y"], id="numpy-1d"
         ),
@@ -323,7 +276,7 @@ async def test_callers_of_a_mapping_like_batch_are_not_stranded_after_the_block(
     # The callers live outside the block: if the batch end never reschedules them,
     # leaving the block must not leave them parked.
     async def process(key: str, inputs: list[str]) -> Any:
-        return LabelIndexed(inputs)
+        return MappingLikeOutputs(inputs)
 
     got: dict[int, object] = {}
     escaped: Exception | None = None
@@ -350,65 +303,43 @@ async def test_callers_of_a_mapping_like_batch_are_not_stranded_after_the_block(
 async def test_process_raising_an_unprintable_exception_gives_batch_failed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    errors: list[Unprintable] = []
+    errors: list[UnprintableOSError] = []
 
     async def process(key: str, inputs: list[str]) -> list[str]:
         if key == "bad":
-            errors.append(Unprintable())
+            errors.append(UnprintableOSError())
             raise errors[-1]
         return [f"{key}:{x}" for x in inputs]
 
-    escaped: Exception | None = None
-    first: dict[int, object] = {}
-    later: dict[int, object] = {}
-    with trio.fail_after(HANG_GUARD):
-        try:
-            async with tb.open_batcher(
-                process, policy=tb.Size(), limits=tb.Limits(max_batch_size=2)
-            ) as batcher:
-                first = await submit_together(batcher, "bad", ["x", "y"])
-                later = await submit_together(batcher, "good", ["x", "y"])
-        except Exception as exc:
-            escaped = exc
+    first, later, escaped, stats = await run_bad_key_then_good_key(process)
     assert escaped is None, f"the block raised {type(escaped).__name__}"
     assert len(errors) == 1
     assert sorted(first) == [0, 1]
     for index, got in first.items():
         assert isinstance(got, tb.BatchFailed), f"caller {index} got {type(got).__name__}"
         assert got.__cause__ is errors[0]
-        assert_unprintable_message(got, "Unprintable")
+        assert_unprintable_message(got, "UnprintableOSError")
     assert_distinct_errors(list(first.values()))
     assert later == {0: "good:x", 1: "good:y"}
-    assert batcher.statistics() == ZERO_STATS
+    assert stats == ZERO_STATS
 
 
 async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisition_failed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    errors: list[Unprintable] = []
+    errors: list[UnprintableOSError] = []
 
     @asynccontextmanager
     async def acquire(key: str) -> AsyncIterator[str]:
         if key == "bad":
-            errors.append(Unprintable())
+            errors.append(UnprintableOSError())
             raise errors[-1]
         yield f"resource-{key}"
 
     async def process(key: str, inputs: list[str], resource: str) -> list[str]:
         return [f"{resource}:{x}" for x in inputs]
 
-    escaped: Exception | None = None
-    first: dict[int, object] = {}
-    later: dict[int, object] = {}
-    with trio.fail_after(HANG_GUARD):
-        try:
-            async with tb.open_batcher(
-                process, acquire=acquire, policy=tb.Size(), limits=tb.Limits(max_batch_size=2)
-            ) as batcher:
-                first = await submit_together(batcher, "bad", ["x", "y"])
-                later = await submit_together(batcher, "good", ["x", "y"])
-        except Exception as exc:
-            escaped = exc
+    first, later, escaped, stats = await run_bad_key_then_good_key(process, acquire=acquire)
     assert escaped is None, f"the block raised {type(escaped).__name__}"
     assert len(errors) == 1
     assert sorted(first) == [0, 1]
@@ -417,10 +348,10 @@ async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisiti
             f"caller {index} got {type(got).__name__}"
         )
         assert got.__cause__ is errors[0]
-        assert_unprintable_message(got, "Unprintable")
+        assert_unprintable_message(got, "UnprintableOSError")
     assert_distinct_errors(list(first.values()))
     assert later == {0: "resource-good:x", 1: "resource-good:y"}
-    assert batcher.statistics() == ZERO_STATS
+    assert stats == ZERO_STATS
 
 
 # --------------------------------------------------------------------------------------
@@ -430,7 +361,7 @@ async def test_acquire_raising_an_unprintable_exception_gives_resource_acquisiti
 async def test_an_item_failed_with_an_unprintable_exception_gets_item_failed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    error = Unprintable()
+    error = UnprintableOSError()
 
     async def process(key: str, inputs: list[str]) -> list[object]:
         return [outcome.Error(error) if x == "y" else f"{key}:{x}" for x in inputs]
@@ -453,7 +384,7 @@ async def test_an_item_failed_with_an_unprintable_exception_gets_item_failed(
     failed = got[1]
     assert isinstance(failed, tb.ItemFailed), f"caller 1 got {type(failed).__name__}"
     assert failed.__cause__ is error
-    assert_unprintable_message(failed, "Unprintable")
+    assert_unprintable_message(failed, "UnprintableOSError")
     assert later == {0: "k:a", 1: "k:b", 2: "k:c"}
     assert batcher.statistics() == ZERO_STATS
 
@@ -481,44 +412,6 @@ async def test_a_0d_numpy_array_is_a_contract_error(autojump_clock: trio.testing
 CALLER: contextvars.ContextVar[int] = contextvars.ContextVar("caller")
 
 
-class IdsByCaller:
-    """Records the item id announced to each caller, and every later event."""
-
-    def __init__(self) -> None:
-        # (caller, item id) in order; an observer that raises is only logged, so
-        # the tests check these lists rather than asserting in the hooks.
-        self.accepted_events: list[tuple[int, int]] = []
-        self.rejected: list[tb.ItemRejected] = []
-        self.withdrawn: list[tb.ItemWithdrawn] = []
-        self.started: list[tb.BatchStarted] = []
-        self.finished: list[tb.BatchFinished] = []
-
-    def item_accepted(self, event: tb.ItemAccepted) -> None:
-        self.accepted_events.append((CALLER.get(), event.item_id))
-
-    @property
-    def accepted(self) -> dict[int, int]:
-        """The item id announced to each caller (each caller is announced once)."""
-        callers = [caller for caller, _ in self.accepted_events]
-        assert len(set(callers)) == len(callers), f"a caller accepted twice: {callers}"
-        return dict(self.accepted_events)
-
-    def item_rejected(self, event: tb.ItemRejected) -> None:
-        self.rejected.append(event)
-
-    def item_withdrawn(self, event: tb.ItemWithdrawn) -> None:
-        self.withdrawn.append(event)
-
-    def batch_started(self, event: tb.BatchStarted) -> None:
-        self.started.append(event)
-
-    def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.finished.append(event)
-
-    def cache_hit(self, event: tb.CacheHit) -> None:
-        raise AssertionError("no cache here")
-
-
 #: Caller 0 processes from t=0 (1 s), callers 1 and 2 fill the one queued batch,
 #: callers 3 and 4 wait for room; at t=1 both are admitted together into a new batch.
 ADMIT_TWO = tb.Limits(
@@ -531,9 +424,7 @@ async def _sleep_then_echo(key: str, inputs: list[int]) -> list[int]:
     return inputs
 
 
-async def _run_five_callers(
-    observer: IdsByCaller, cancel_at: dict[int, float]
-) -> dict[int, object]:
+async def _run_five_callers(observer: Events, cancel_at: dict[int, float]) -> dict[int, object]:
     """Five callers of one key, each parked before the next; cancel some at given times."""
     got: dict[int, object] = {}
 
@@ -557,41 +448,43 @@ async def _run_five_callers(
                     await trio.sleep_until(when)
                     scopes[index].cancel()
     assert batcher.statistics() == ZERO_STATS
-    assert observer.rejected == []
+    assert observer.of(tb.ItemRejected) == []
     return got
 
 
 async def test_waiters_admitted_together_keep_their_own_item_ids(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    observer = IdsByCaller()
+    observer = Events(CALLER)
     got = await _run_five_callers(observer, {})
     assert got == {index: index for index in range(5)}
-    accepted = observer.accepted
+    accepted = observer.ids_by_context()
     assert sorted(accepted) == [0, 1, 2, 3, 4]
     assert len(set(accepted.values())) == 5, f"two callers were announced one id: {accepted}"
     # Each batch's events list the ids its callers were announced, in arrival order.
-    assert [event.item_ids for event in observer.started] == [
+    assert [event.item_ids for event in observer.of(tb.BatchStarted)] == [
         (accepted[0],),
         (accepted[1], accepted[2]),
         (accepted[3], accepted[4]),
     ]
-    assert [event.item_ids for event in observer.finished] == [
-        event.item_ids for event in observer.started
+    assert [event.item_ids for event in observer.of(tb.BatchFinished)] == [
+        event.item_ids for event in observer.of(tb.BatchStarted)
     ]
 
 
 async def test_a_withdrawn_admitted_waiter_reports_the_id_it_was_announced(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    observer = IdsByCaller()
+    observer = Events(CALLER)
     # At t=1.5 callers 3 and 4 are admitted (since t=1) into a batch not yet processing.
     got = await _run_five_callers(observer, {3: 1.5})
     assert isinstance(got.pop(3), trio.Cancelled)
     assert got == {0: 0, 1: 1, 2: 2, 4: 4}
-    accepted = observer.accepted
-    assert [(event.item_id, event.time) for event in observer.withdrawn] == [(accepted[3], 1.5)]
-    assert observer.started[-1].item_ids == (accepted[4],)
+    accepted = observer.ids_by_context()
+    assert [(event.item_id, event.time) for event in observer.of(tb.ItemWithdrawn)] == [
+        (accepted[3], 1.5)
+    ]
+    assert observer.of(tb.BatchStarted)[-1].item_ids == (accepted[4],)
 
 
 # --------------------------------------------------------------------------------------

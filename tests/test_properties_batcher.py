@@ -33,7 +33,7 @@ import enum
 import itertools
 import math
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, cast
@@ -44,7 +44,16 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import example, given, settings, strategies as st
-from tutil import EXAMPLE_SCALE, policies
+from tutil import (
+    EXAMPLE_SCALE,
+    DataFrameLikeOutputs,
+    LyingLengthOutputs,
+    MappingLikeOutputs,
+    TensorLikeOutputs,
+    UnprintableMixin,
+    policies,
+    safe_repr,
+)
 
 import trio_batch as tb
 
@@ -306,16 +315,6 @@ class ItemBoom(Exception):
     """What ``process`` returns as ``outcome.Error`` for an item marked by ``FailItem``."""
 
 
-class UnprintableMixin:
-    """Makes an exception whose ``str()`` and ``repr()`` raise."""
-
-    def __str__(self) -> str:
-        raise RuntimeError(f"str() of {type(self).__name__} raised")
-
-    def __repr__(self) -> str:
-        raise RuntimeError(f"repr() of {type(self).__name__} raised")
-
-
 class UnprintableProcessBoom(UnprintableMixin, ProcessBoom):
     pass
 
@@ -326,69 +325,6 @@ class UnprintableAcquireBoom(UnprintableMixin, AcquireBoom):
 
 class UnprintableItemBoom(UnprintableMixin, ItemBoom):
     pass
-
-
-def safe_repr(value: object) -> str:
-    """``repr(value)``, or a placeholder if it raises (for assertion messages)."""
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-
-
-class ByLabel:
-    """Mapping-like outputs: ``__getitem__`` takes a label, so ``obj[0]`` is ``KeyError(0)``."""
-
-    def __init__(self, outputs: list[Any]) -> None:
-        self._by_label = {f"label-{i}": output for i, output in enumerate(outputs)}
-
-    def __len__(self) -> int:
-        return len(self._by_label)
-
-    def __getitem__(self, label: str) -> Any:
-        return self._by_label[label]
-
-
-class DataFrameLike:
-    """``len()`` is rows, iteration yields column labels, ``[]`` takes a column by label."""
-
-    def __init__(self, outputs: list[Any]) -> None:
-        # As many columns as rows: zipping callers with it would "fit".
-        self._columns = {f"col{j}": list(outputs) for j in range(len(outputs))}
-        self._rows = len(outputs)
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns)
-
-    def __getitem__(self, label: str) -> list[Any]:
-        return self._columns[label]
-
-
-class TensorLike:
-    """Outputs by position (``__len__``, ``__getitem__``), without ``__iter__``;
-    reading position ``raise_at`` raises."""
-
-    def __init__(self, outputs: list[Any], raise_at: int | None = None) -> None:
-        self._outputs = outputs
-        self._raise_at = raise_at
-
-    def __len__(self) -> int:
-        return len(self._outputs)
-
-    def __getitem__(self, index: int) -> Any:
-        if index == self._raise_at:
-            raise RuntimeError(f"cannot read output {index}")
-        return self._outputs[index]
-
-
-class LyingLength(list[Any]):
-    """A list whose ``len()`` claims one item more than it holds."""
-
-    def __len__(self) -> int:
-        return super().__len__() + 1
 
 
 def reshape(outputs: list[Any], shape: Shape) -> object:
@@ -402,19 +338,19 @@ def reshape(outputs: list[Any], shape: Shape) -> object:
                 array[index] = output
             return array
         case Shape.TENSOR_LIKE:
-            return TensorLike(outputs)
+            return TensorLikeOutputs(outputs)
         case Shape.NOT_A_SEQUENCE:
             return len(outputs)
         case Shape.MAPPING_LIKE:
-            return ByLabel(outputs)
+            return MappingLikeOutputs(outputs)
         case Shape.DATAFRAME_LIKE:
-            return DataFrameLike(outputs)
+            return DataFrameLikeOutputs(outputs)
         case Shape.ONE_TOO_MANY:
             return [*outputs, outputs[-1]]
         case Shape.LYING_LENGTH:
-            return LyingLength(outputs[:-1])
+            return LyingLengthOutputs(outputs[:-1])
         case Shape.RAISES_ON_READ:
-            return TensorLike(outputs, raise_at=len(outputs) - 1)
+            return TensorLikeOutputs(outputs, raise_at=len(outputs) - 1)
         case Shape.ZERO_D_ARRAY:
             return np.array(len(outputs))
 

@@ -1,11 +1,24 @@
-"""The README's promises about set-up and CI hold."""
+"""The README's promises about set-up, CI and its example hold."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter on this checkout's trio_batch (not an installed copy)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
 
 
 def readme_commands() -> list[str]:
@@ -18,8 +31,30 @@ def readme_commands() -> list[str]:
     ]
 
 
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Example", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1
+    return str(blocks[0])
+
+
 def test_readme_has_exactly_two_setup_commands() -> None:
     assert len(readme_commands()) == 2
+
+
+def test_setup_commands_need_only_python3_and_keep_to_their_virtual_environment() -> None:
+    # No `python` command, no system pip (PEP 668): every step is either
+    # `python3 -m venv DIR` or runs DIR/bin/python.
+    for command in readme_commands():
+        steps = [step.strip() for step in command.split("&&")]
+        first = re.fullmatch(r"python3 -m venv (\S+)", steps[0])
+        assert first is not None, command
+        venv = first.group(1)
+        for step in steps[1:]:
+            assert step.startswith(f"{venv}/bin/python -m "), step
+        ignored = (ROOT / ".gitignore").read_text().splitlines()
+        assert f"{venv}/" in ignored or venv in ignored
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
@@ -33,30 +68,38 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert ci_commands == [test_command]
 
 
-def test_readme_example_runs() -> None:
-    import subprocess
-    import sys
-
-    text = (ROOT / "README.md").read_text()
+def test_the_demo_plot_shown_in_the_readme_exists() -> None:
     assert (ROOT / "docs" / "_static" / "latency_cdf.png").exists()
-    example = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
-    result = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False
-    )
+
+
+@pytest.mark.parametrize("users", [2_000, 20_000])
+def test_readme_example_runs_without_a_traceback(users: int) -> None:
+    example = readme_example()
+    assert "\nUSERS = 2_000\n" in example
+    result = run_python("-c", example.replace("\nUSERS = 2_000\n", f"\nUSERS = {users}\n"))
     assert result.returncode == 0, result.stderr
-    assert "queued_items=0" in result.stdout
+    assert result.stderr == ""
+    found = re.fullmatch(
+        rf"{users} calls -> (\d+) calls of fetch_users \(batch sizes (\d+) to (\d+)\)\n",
+        result.stdout,
+    )
+    assert found is not None, result.stdout
+    calls, smallest, largest = map(int, found.groups())
+    assert 1 <= smallest <= largest <= 100
+    assert users / 100 <= calls <= users / 10  # batched, within max_batch_size
 
 
 def test_quickstart_runs() -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(str(ROOT / "examples" / "quickstart.py"))
     assert result.returncode == 0, result.stderr
-    assert re.search(r"1000 requests \(0 rejected\) -> \d+ queries", result.stdout)
+    assert result.stderr == ""
+    found = re.search(
+        r"^2000 requests -> (\d+) queries \(ids per query: min (\d+), max (\d+), mean [\d.]+\) "
+        r"in \d+ ms$",
+        result.stdout,
+        flags=re.MULTILINE,
+    )
+    assert found is not None, result.stdout
+    queries, smallest, largest = map(int, found.groups())
+    assert 1 <= smallest <= largest <= 100
+    assert 20 <= queries <= 200

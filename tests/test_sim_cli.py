@@ -6,8 +6,11 @@ import importlib.metadata
 import io
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ import pytest
 
 from trio_batch.sim import PLOT_FILES, SimulationResult
 from trio_batch.sim.__main__ import main
-from trio_batch.sim._progress import ProgressBar
+from trio_batch.sim._progress import progress_bar
+from trio_batch.sim._report import TABLE_WIDTH
 
 TINY = """
 name = "tiny-cli"
@@ -115,6 +119,7 @@ def test_table_has_a_row_per_policy_and_flags_override(
             "duration:0.002:reject",
             "--set",
             "limits.max_batch_size=4",
+            "--wide",
         ]
     )
     out, err = capsys.readouterr()
@@ -273,29 +278,230 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_progress_bar_waits_a_second_then_draws_and_erases() -> None:
-    now = [0.0]
+def test_progress_bar_draws_on_a_terminal_and_erases_itself() -> None:
+    pytest.importorskip("tqdm")
     stream = FakeTerminal()
-    bar = ProgressBar(stream, enabled=True, clock=lambda: now[0])
-    bar.update(10, 100, "size (1/2)")
-    assert stream.getvalue() == ""  # runs shorter than a second stay silent
-    now[0] = 1.5
-    bar.update(50, 100, "size (1/2)")
-    drawn = stream.getvalue()
-    assert drawn.startswith("\r[")
-    assert " 50%  size (1/2)" in drawn
-    now[0] = 1.55
-    bar.update(60, 100, "size (1/2)")
-    assert stream.getvalue() == drawn  # at most ten redraws a second
-    bar.close()
-    assert stream.getvalue().endswith("\r")
-    assert stream.getvalue()[len(drawn) :].strip() == ""
+    with progress_bar(stream, quiet=False, delay=0, interval=0) as report:
+        report(0, 0, "drawing the workload")
+        report(50, 100, "size (1/2)")
+        drawn = stream.getvalue()
+        assert "size (1/2)" in drawn
+        assert "50%" in drawn
+    assert stream.getvalue().endswith("\r")  # leave=False: the line is cleared
 
 
-def test_progress_bar_is_off_when_quiet_or_not_a_terminal() -> None:
-    for stream, quiet in ((FakeTerminal(), True), (io.StringIO(), False)):
-        bar = ProgressBar.for_stream(stream, quiet=quiet)
-        bar._first_draw = bar._next_draw = 0.0  # no need to wait a second
-        bar.update(1, 2, "x")
-        bar.close()
-        assert stream.getvalue() == ""
+@pytest.mark.parametrize(("terminal", "quiet"), [(True, True), (False, False)])
+def test_progress_bar_is_off_when_quiet_or_not_a_terminal(terminal: bool, quiet: bool) -> None:
+    stream = FakeTerminal() if terminal else io.StringIO()
+    with progress_bar(stream, quiet=quiet, delay=0) as report:
+        report(1, 2, "x")
+    assert stream.getvalue() == ""
+
+
+def test_the_simulator_runs_without_tqdm(tiny_toml: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['tqdm'] = None\n"
+        "from trio_batch.sim.__main__ import main\n"
+        f"raise SystemExit(main(['-s', {str(tiny_toml)!r}, '--items', '40']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scenario tiny-cli" in result.stdout
+
+
+# -- the table fits 100 columns ---------------------------------------------------------
+
+
+def test_the_table_fits_100_columns_unless_wide(
+    tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["-s", str(tiny_toml), "-q", "--items", "60", "--policy", "immediate"]
+    args += [
+        "--policy",
+        "duration:0.005:reject:margin=0.002",
+        "--set",
+        "description='" + "x" * 150 + "'",
+    ]
+    assert main(args) == 0
+    narrow = capsys.readouterr().out
+    assert TABLE_WIDTH == 100
+    assert max(len(line) for line in narrow.splitlines()) <= 100
+    header = next(line for line in narrow.splitlines() if line.startswith("policy"))
+    assert header.split()[:4] == ["policy", "ok", "items/s", "p50"]
+    assert "acquired" not in header
+    assert "(--wide shows them)" in narrow
+    assert main([*args, "--wide"]) == 0
+    wide = capsys.readouterr().out
+    header = next(line for line in wide.splitlines() if line.startswith("policy"))
+    for column in ("items", "p90 ms", "max ms", "fill", "batches", "failed", "late", "acquired"):
+        assert column in header
+    assert max(len(line) for line in wide.splitlines()) > 100
+    assert "--wide shows them" not in wide
+
+
+# -- checked before anything runs: sizes, plot targets, scenario names --------------------
+
+SIZE_GUARDS = [
+    (["--items", "1000000000"], "items must be <= 2000000 (every latency is kept in memory)"),
+    (["--duration", "1e9"], "arrivals; at most 2,000,000 fit (every latency is kept in memory)"),
+    (["--set", "keys.count=1000000000"], "keys.count must be <= 1000000"),
+    (["--set", "sample_interval=1e-9"], "sample_interval must be >= "),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SIZE_GUARDS)
+def test_sizes_that_cannot_fit_are_refused_at_once(
+    args: list[str], message: str, tiny_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-s", str(tiny_toml), *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_a_huge_max_batch_size_runs_and_plots(tiny_toml: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "plots"
+    args = ["-s", str(tiny_toml), "-q", "--items", "200", "--plot", str(directory)]
+    assert main([*args, "--set", "limits.max_batch_size=1000000000000000000000"]) == 0
+    assert sorted(path.name for path in directory.iterdir()) == sorted(PLOT_FILES)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("file", "exists and is not a directory"),
+        ("file/plots", "is not a directory"),
+    ],
+)
+def test_plot_targets_are_checked_before_the_run(
+    target: str, message: str, tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["-s", str(tiny_toml), "--plot", str(tmp_path / target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing ran
+    assert err.startswith(f"trio-batch-sim: error: --plot {tmp_path / target}: ")
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_an_unwritable_plot_target_is_refused(
+    tiny_toml: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:
+        # Root may write anywhere, so permissions cannot lock a folder: the
+        # operating system's answer for it is given instead (CI runs as root).
+        real_access = os.access
+
+        def access(path: os.PathLike[str] | str, mode: int) -> bool:
+            if Path(path) == locked and mode & os.W_OK:
+                return False
+            return real_access(path, mode)
+
+        monkeypatch.setattr(os, "access", access)
+    assert main(["-s", str(tiny_toml), "--plot", str(locked / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"cannot create {locked / 'plots'}: {locked} is not writable" in err
+
+
+def test_a_folder_never_shadows_a_builtin_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "burst").mkdir()  # as `--plot burst` leaves behind
+    (tmp_path / "mine").mkdir()
+    assert main(["-s", "burst", "-q", "--items", "30", "--policy", "size"]) == 0
+    assert capsys.readouterr().out.startswith("scenario burst (seed 3)")
+    for name in ("mine", "./burst"):
+        assert main(["-s", name, "-q"]) == 2
+        assert f"scenario {name!r} is a directory, not a TOML file" in capsys.readouterr().err
+    # An existing *file* is a file, whatever its name.
+    (tmp_path / "web-db").write_text(TINY)
+    assert main(["-s", "web-db", "-q", "--items", "30"]) == 0
+    assert capsys.readouterr().out.startswith("scenario tiny-cli")
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and select() on pipes")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_prints_interrupted_and_exits_130(jobs: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "trio_batch.sim", "--duration", "60", "--jobs", jobs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stderr is not None
+            # The first line says the run has started; wait for it, boundedly.
+            ready, _, _ = select.select([process.stderr], [], [], 60)
+            assert ready, "the simulator did not start within 60 s"
+            first = process.stderr.readline()
+            assert first.startswith("simulating scenario default: 4 policies")
+            time.sleep(0.5)  # into the run (it lasts much longer than this)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 130
+    assert err == "trio-batch-sim: interrupted\n"
+    assert out == ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_workers_exit_when_their_parent_is_killed() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "trio_batch.sim", "--duration", "60", "--jobs", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while time.monotonic() < deadline:  # the pool's workers (and a resource tracker)
+            workers = {int(pid) for pid in children_file.read_text().split()}
+            if len(workers) >= 3:
+                break
+            time.sleep(0.1)
+        assert len(workers) >= 3, "the worker processes did not start within 60 s"
+        process.kill()  # no chance to clean up
+        process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # do not leave them running if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+def test_an_interrupt_inside_the_trio_run_is_interrupted_not_a_traceback(
+    tiny_toml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Deterministic counterpart of the SIGINT test: KeyboardInterrupt raised in a
+    # task leaves trio.run wrapped in exception groups, which main unwraps.
+    async def interrupted(self: Any, key: int, inputs: list[int]) -> list[int]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("trio_batch.sim._run._Simulation._process", interrupted)
+    from trio_batch.sim import load_scenario, run_scenario
+
+    with pytest.RaisesGroup(KeyboardInterrupt, flatten_subgroups=True):
+        run_scenario(load_scenario(str(tiny_toml), ["items=20", "pool="]))
+    assert main(["-s", str(tiny_toml), "--items", "20", "--set", "pool="]) == 130
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("trio-batch-sim: interrupted\n")
+    assert "Traceback" not in err

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import statistics
 import sys
 from collections import Counter
 from typing import Any
 
 import attrs
 import pytest
+import trio
 
 import trio_batch as tb
 from trio_batch.sim import (
@@ -25,7 +28,7 @@ from trio_batch.sim import (
     run_scenario,
 )
 from trio_batch.sim._report import render_json, render_table
-from trio_batch.sim._results import percentile
+from trio_batch.sim._results import percentile, percentiles
 from trio_batch.sim._workload import batch_cost, batch_random
 
 ALL_POLICIES = ("immediate", "size", "duration:0.004", "duration:0.004:reject", "balanced:3")
@@ -88,9 +91,10 @@ def test_every_item_has_exactly_one_outcome() -> None:
 def test_summary_numbers_come_from_the_raw_observations() -> None:
     r = run_scenario(tiny(policies=("duration:0.004",))).results[0]
     latencies = sorted(r.ok_latencies)
-    assert r.latency(50) == latencies[math.ceil(0.5 * len(latencies)) - 1]
-    assert r.latency(99) == latencies[math.ceil(0.99 * len(latencies)) - 1]
-    assert r.max_latency == latencies[-1]
+    assert r.latency(50) == statistics.median(latencies)
+    assert r.latency(99) == statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    assert r.latency(0) == latencies[0]
+    assert r.max_latency == r.latency(100) == latencies[-1]
     assert r.mean_batch_size == sum(r.batch_sizes) / len(r.batch_sizes)
     assert r.fill_ratio == pytest.approx(r.mean_batch_size / 6)
     assert r.throughput == r.ok / r.elapsed
@@ -100,9 +104,9 @@ def test_summary_numbers_come_from_the_raw_observations() -> None:
     assert min(latencies) >= 0.004 * math.exp(-5) > 0
     summary = r.summary()
     assert summary["latency_ms"] == {
-        "p50": round(latencies[len(latencies) // 2 - (len(latencies) % 2 == 0)] * 1000, 6),
+        "p50": round(statistics.median(latencies) * 1000, 6),
         "p90": round(r.latency(90) * 1000, 6),  # type: ignore[operator]
-        "p99": round(latencies[math.ceil(0.99 * len(latencies)) - 1] * 1000, 6),
+        "p99": round(r.latency(99) * 1000, 6),  # type: ignore[operator]
         "max": round(latencies[-1] * 1000, 6),
     }
 
@@ -183,13 +187,29 @@ def test_batch_randomness_depends_on_the_batch_not_on_the_order() -> None:
     assert sum(factors) / len(factors) == pytest.approx(1.0, abs=0.05)
 
 
-def test_percentile_is_nearest_rank() -> None:
-    values = [1.0, 2.0, 3.0, 4.0]
-    assert percentile(values, 50) == 2.0
-    assert percentile(values, 51) == 3.0
-    assert percentile(values, 100) == 4.0
+def test_percentiles_interpolate_linearly_as_numpy_does() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]  # any order
+    assert percentile(values, 50) == 2.5
     assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 10) == pytest.approx(1.3)
+    assert percentile(values, 99) == pytest.approx(3.97)
+    assert percentile([7.0], 99) == 7.0
     assert percentile([], 50) is None
+    table = percentiles([float(v) for v in range(1, 102)])
+    assert table == tuple(float(v) for v in range(1, 102))
+    for bad in (101, -1, 50.5, True):
+        with pytest.raises(ValueError, match=r"^p must be an integer from 0 to 100, got "):
+            percentile(values, bad)  # type: ignore[arg-type]
+
+
+def test_percentiles_match_numpy_linear() -> None:
+    numpy = pytest.importorskip("numpy")
+    rng = random.Random(3)
+    values = [rng.lognormvariate(0, 1) for _ in range(997)]
+    ours = percentiles(values)
+    theirs = numpy.percentile(values, range(101), method="linear")
+    assert list(ours) == pytest.approx(list(theirs), rel=1e-12)
 
 
 def test_a_run_with_no_arrivals_reports_dashes() -> None:
@@ -210,3 +230,50 @@ def test_builtin_scenarios_run_cleanly_when_cut_short(name: str) -> None:
     for r in result.results:
         assert r.anomalies == ()
         assert r.ok + r.rejected + r.failed + r.withdrawn + r.late == r.items == 150
+
+
+def test_worker_processes_give_the_very_same_numbers() -> None:
+    scenario = tiny(items=300)
+    alone = render_json(run_scenario(scenario))
+    reports: list[tuple[int, int, str]] = []
+    side_by_side = run_scenario(
+        scenario, jobs=2, on_progress=lambda *report: reports.append(report)
+    )
+    assert render_json(side_by_side) == alone
+    assert reports[-1] == (300 * 5, 300 * 5, "5/5 policies")
+    with pytest.raises(ValueError, match=r"^jobs must be an integer >= 1, got 0$"):
+        run_scenario(scenario, jobs=0)
+
+
+def test_a_long_drain_keeps_samples_bounded_and_evenly_spaced() -> None:
+    # Five arrivals in 5 ms, sampled every 0.5 us, then 10 s of draining: 20
+    # million samples at that rate. The sampler halves its rate instead.
+    scenario = Scenario(
+        seed=1,
+        items=5,
+        policies=("size",),
+        arrivals=Arrivals(rate=1000),
+        process=ProcessModel(per_batch=2.0),
+        limits=tb.Limits(max_batch_size=1, max_key_concurrency=1, max_batch_queue_size=10),
+        sample_interval=5e-7,
+    )
+    r = run_scenario(scenario).results[0]
+    assert r.elapsed == pytest.approx(10.0, abs=0.01)
+    assert 10_000 <= len(r.samples) < 20_000
+    times = [sample.time for sample in r.samples]
+    gaps = {round(b - a, 12) for a, b in itertools.pairwise(times)}
+    assert len(gaps) == 1  # evenly spaced
+    assert times[-1] + gaps.pop() > r.elapsed - 1e-9  # up to the end of the run
+
+
+def test_a_run_that_can_never_end_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def hang(self: Any, key: int, inputs: list[int]) -> list[int]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr("trio_batch.sim._run._Simulation._process", hang)
+    scenario = tiny(items=20, policies=("immediate",), pool=None, timeouts=None)
+    r = run_scenario(scenario).results[0]
+    stalled, never = r.anomalies
+    assert stalled.startswith("the run stalled: 1 time(s), first at simulated time ")
+    assert never.startswith("a caller never got an outcome: 20 time(s)")

@@ -131,7 +131,11 @@ def test_scenario_to_data_round_trips() -> None:
 
     rebuilt = without_none(data)
     assert isinstance(rebuilt, dict)
-    assert scenario_from_data(rebuilt) == scenario
+    # The data holds the interval in force (1/200 of 100 items at 1000/s), not null.
+    assert data["sample_interval"] == scenario.resolved_sample_interval == 0.1 / 200
+    assert scenario.sample_interval is None
+    resolved = attrs.evolve(scenario, sample_interval=scenario.resolved_sample_interval)
+    assert scenario_from_data(rebuilt) == resolved
 
 
 @pytest.mark.parametrize(
@@ -243,6 +247,29 @@ def _drop(data: dict[str, Any], path: str) -> dict[str, Any]:
         (lambda d: _set(d, "timeouts.fraction", 2), r"^timeouts\.fraction must be <= 1"),
         (lambda d: _drop(d, "timeouts.after"), r"^timeouts\.after is required$"),
         (lambda d: _set(d, "sample_interval", 0), r"^sample_interval must be > 0"),
+        # Sizes that would not fit in memory or never end are refused up front.
+        (
+            lambda d: _set(d, "items", 10**9),
+            r"^items must be <= 2000000 \(every latency is kept in memory\), got 1000000000$",
+        ),
+        (
+            lambda d: _set(_drop(d, "items"), "duration", 1e6),
+            r"^duration 1e\+06 s at arrivals\.rate 1000/s means about 1,59\d,\d{3},\d{3} arrivals; "
+            r"at most 2,000,000 fit",
+        ),
+        (
+            lambda d: _set(d, "keys.count", 10**9),
+            r"^keys\.count must be <= 1000000 \(a Zipf table holds a weight per key\)",
+        ),
+        (
+            lambda d: _set(d, "sample_interval", 1e-9),
+            r"^sample_interval must be >= 1e-05 \(at most 10,000 samples over 0\.1 s of "
+            r"arrivals\), got 1e-09$",
+        ),
+        (
+            lambda d: _set(d, "arrivals.burst", {"every": 1e-9, "length": 1e-10, "factor": 2}),
+            r"^arrivals\.burst\.every must be >= 1e-07 \(at most 1,000,000 bursts",
+        ),
     ],
 )
 def test_bad_fields_are_named_in_one_line(change: Any, message: str) -> None:

@@ -15,14 +15,28 @@ so the fakes record ``trio.current_time()`` and the tests assert exact instants.
   :class:`Events` a recording observer; :func:`raises_my_error`,
   :func:`returns_too_few` and :func:`never_called_with_resource` are the
   misbehaving ``process`` functions several files need.
+- :class:`MappingLikeOutputs`, :class:`DataFrameLikeOutputs`,
+  :class:`TensorLikeOutputs` and :class:`LyingLengthOutputs` are outputs that
+  ``process`` may hand back in other shapes than a list (some readable by
+  position, some not); :class:`UnprintableMixin` makes an exception whose
+  ``str()`` and ``repr()`` raise, and :func:`safe_repr` prints anything.
 - :func:`policies` is the one Hypothesis strategy for drawing a policy.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -376,25 +390,38 @@ ObserverEvent: TypeAlias = (
 
 
 class Events:
-    """An observer that records every event, in order."""
+    """An observer that records every event, in order.
 
-    def __init__(self) -> None:
+    With ``context``, it also records the value of that context variable when
+    each hook ran (``None`` where it is unset), in ``contexts``, parallel to
+    ``events``: ``item_accepted`` runs in the caller's context, so a test can
+    tell callers apart by setting the variable in each caller.
+    """
+
+    def __init__(self, context: contextvars.ContextVar[Any] | None = None) -> None:
         self.events: list[ObserverEvent] = []
+        self.contexts: list[Any] = []
+        self._context = context
+
+    def _record(self, event: ObserverEvent) -> None:
+        # A hook that raised would only be logged: record, never assert, here.
+        self.events.append(event)
+        self.contexts.append(None if self._context is None else self._context.get(None))
 
     def item_accepted(self, event: tb.ItemAccepted) -> None:
-        self.events.append(event)
+        self._record(event)
 
     def item_rejected(self, event: tb.ItemRejected) -> None:
-        self.events.append(event)
+        self._record(event)
 
     def item_withdrawn(self, event: tb.ItemWithdrawn) -> None:
-        self.events.append(event)
+        self._record(event)
 
     def batch_started(self, event: tb.BatchStarted) -> None:
-        self.events.append(event)
+        self._record(event)
 
     def batch_finished(self, event: tb.BatchFinished) -> None:
-        self.events.append(event)
+        self._record(event)
 
     def cache_hit(self, event: tb.CacheHit) -> None:
         self.events.append(event)
@@ -406,6 +433,114 @@ class Events:
     def ids(self) -> list[int]:
         """Item ids, in order of acceptance."""
         return [event.item_id for event in self.of(tb.ItemAccepted)]
+
+    def ids_by_context(self) -> dict[Any, int]:
+        """``{context value: item id}`` of every acceptance; each value is accepted once."""
+        pairs = [
+            (context, event.item_id)
+            for event, context in zip(self.events, self.contexts, strict=True)
+            if type(event) is tb.ItemAccepted
+        ]
+        contexts = [context for context, _ in pairs]
+        assert len(set(contexts)) == len(contexts), f"a context accepted twice: {contexts}"
+        return dict(pairs)
+
+
+# --- outputs and exceptions that misbehave ------------------------------------------
+#
+# What ``process`` may hand back instead of a list, and exceptions that cannot be
+# printed: the end of a batch must give every caller its outcome whatever they do
+# (SPEC, "A batch's end is total"). Each output fake takes the outputs it stands for.
+
+
+class MappingLikeOutputs:
+    """Not readable by position: a length, and ``__getitem__`` by label
+    (``"label-0"``, ...), so ``obj[0]`` is ``KeyError(0)``."""
+
+    def __init__(self, outputs: Sequence[Any]) -> None:
+        self._by_label = {f"label-{i}": output for i, output in enumerate(outputs)}
+
+    def __len__(self) -> int:
+        return len(self._by_label)
+
+    def __getitem__(self, label: str) -> Any:
+        return self._by_label[label]
+
+
+class DataFrameLikeOutputs:
+    """Not readable by position, as a pandas DataFrame: ``len()`` is rows, iteration
+    yields column labels, ``[]`` takes a column by label (``frame[0]`` is ``KeyError(0)``).
+
+    It has as many columns as rows (each column holds every output), so zipping
+    the callers with it would seem to fit.
+    """
+
+    def __init__(self, outputs: Sequence[Any]) -> None:
+        self._columns = {f"col{j}": list(outputs) for j in range(len(outputs))}
+        self._rows = len(outputs)
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __getitem__(self, label: str) -> list[Any]:
+        return self._columns[label]
+
+
+class TensorLikeOutputs:
+    """Readable by position, as torch rows: ``__len__`` and ``__getitem__`` by index
+    (``0 <= index < len``; anything else is ``IndexError``), no ``__iter__``.
+
+    With ``raise_at``, reading that position raises ``RuntimeError`` (a lazy
+    array whose read fails): then it is not readable, and every caller of the
+    batch gets a ``ProcessorContractError``.
+    """
+
+    def __init__(self, outputs: Sequence[Any], raise_at: int | None = None) -> None:
+        self._outputs = list(outputs)
+        self._raise_at = raise_at
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __getitem__(self, index: int) -> Any:
+        if index == self._raise_at:
+            raise RuntimeError(f"cannot read output {index}")
+        if not 0 <= index < len(self._outputs):
+            raise IndexError(index)
+        return self._outputs[index]
+
+
+class LyingLengthOutputs(list[Any]):
+    """A list whose ``len()`` claims one output more than it holds (and iterates
+    over): reading the last position it claims is ``IndexError``."""
+
+    def __len__(self) -> int:
+        return super().__len__() + 1
+
+
+class UnprintableMixin:
+    """Mixed into an exception class (first), makes its ``str()`` and ``repr()`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError(f"str() of {type(self).__name__} raised")
+
+    def __repr__(self) -> str:
+        raise RuntimeError(f"repr() of {type(self).__name__} raised")
+
+
+class UnprintableOSError(UnprintableMixin, OSError):
+    """An ``OSError`` whose ``str()`` and ``repr()`` both raise."""
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder if it raises (for assertion messages)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 # --- property tests ---------------------------------------------------------------

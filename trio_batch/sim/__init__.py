@@ -3,8 +3,9 @@
 "What will this policy do to my latency and throughput under *my* load?"
 Describe the load as a :class:`Scenario` (or a TOML file), and
 :func:`run_scenario` pushes it through a real :func:`trio_batch.open_batcher`
-for each policy, under a :class:`trio.testing.MockClock`, so a minute of heavy
-traffic simulates in seconds and the same seed always gives the same numbers.
+for each policy, in virtual time, so simulated seconds cost only the CPU their
+events need (tens of microseconds per item) and the same seed always gives the
+same numbers.
 
 From the command line::
 
@@ -20,8 +21,8 @@ From Python::
     for policy in result.results:
         print(policy.policy, policy.latency(99), policy.throughput)
 
-Plotting needs matplotlib (``pip install 'trio_batch[sim]'``); nothing here
-imports it until plots are written.
+Plotting needs matplotlib, and the progress bar tqdm (``pip install
+'trio_batch[sim]'``); nothing here imports them until they are used.
 """
 
 from ._loading import (

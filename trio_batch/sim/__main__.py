@@ -2,8 +2,11 @@
 
 Exit status: 0 on success; 1 if the run observed a broken library guarantee
 (reported as ANOMALY lines) or plots could not be written; 2 for bad input
-(unknown flag, bad scenario, ``--plot`` without matplotlib), always with a
-one-line message on stderr and no traceback; 130 if interrupted.
+(unknown flag, bad scenario, a size that does not fit, ``--plot`` without
+matplotlib or into a place that cannot be written), always with a one-line
+message on stderr and no traceback, before anything runs; 130 if interrupted
+(Ctrl-C), with the one line ``interrupted`` and no traceback, wherever the
+interrupt lands: it may come out of ``trio.run`` inside an exception group.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from ._loading import (
     ScenarioError,
@@ -22,15 +25,18 @@ from ._loading import (
     scenario_from_data,
     set_field,
 )
-from ._plot import PlottingUnavailable, require_matplotlib, write_plots
-from ._progress import ProgressBar
-from ._report import render_json, render_table
+from ._parallel import available_cpus
+from ._plot import PlottingUnavailable, check_plot_directory, require_matplotlib, write_plots
+from ._progress import progress_bar
+from ._report import TABLE_WIDTH, render_json, render_table
 from ._run import run_scenario
 from ._scenario import POLICY_SYNTAX, Scenario
 
 __all__ = ["main"]
 
 PROG = "trio-batch-sim"
+#: Below this many items x policies, worker processes cost more than they save.
+_PARALLEL_FROM: Final = 200_000
 
 
 class _UsageError(Exception):
@@ -87,11 +93,41 @@ def _parser() -> argparse.ArgumentParser:
         help="override any scenario field, e.g. --set pool.size=4 (VALUE in TOML syntax)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"show every column of the table (by default it fits {TABLE_WIDTH} columns)",
+    )
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="run up to N policies at once in worker processes (default: one per CPU "
+        "for long runs, else 1); the numbers do not change",
+    )
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar, no timing on stderr"
     )
     return parser
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return jobs
+
+
+def _default_jobs(scenario: Scenario) -> int:
+    if scenario.expected_items * len(scenario.policies) < _PARALLEL_FROM:
+        return 1
+    return min(available_cpus(), len(scenario.policies))
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -114,12 +150,30 @@ def _error(message: str) -> int:
     return 2
 
 
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, alone or inside an exception group (as it leaves a Trio run)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator CLI; returns the exit status.
 
     Args:
         argv: the arguments (without the program name); ``sys.argv[1:]`` if None.
     """
+    try:
+        return _main(argv)
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
+        sys.stdout.flush()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
     except _UsageError as exc:
@@ -132,22 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         scenario = _scenario(args)
         if args.plot is not None:
             require_matplotlib()
+            check_plot_directory(args.plot)
     except (ScenarioError, PlottingUnavailable) as exc:
         return _error(str(exc))
+    except OSError as exc:
+        return _error(f"--plot {args.plot}: {exc}")
 
-    progress = ProgressBar.for_stream(sys.stderr, quiet=args.quiet)
+    jobs = args.jobs or _default_jobs(scenario)
+    if not args.quiet:
+        in_processes = f" in {jobs} processes" if jobs > 1 else ""
+        print(
+            f"simulating scenario {scenario.name}: {len(scenario.policies)} policies x about "
+            f"{scenario.expected_items:,.0f} items{in_processes}",
+            file=sys.stderr,
+            flush=True,
+        )
     started = time.monotonic()
-    try:
-        result = run_scenario(scenario, on_progress=progress.update)
-    except KeyboardInterrupt:
-        progress.close()
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        progress.close()
+    with progress_bar(sys.stderr, quiet=args.quiet) as report:
+        result = run_scenario(scenario, on_progress=report, jobs=jobs)
     wall = time.monotonic() - started
 
-    sys.stdout.write(render_json(result) if args.json else render_table(result))
+    sys.stdout.write(render_json(result) if args.json else render_table(result, wide=args.wide))
     sys.stdout.flush()
     status = 0
     if args.plot is not None:

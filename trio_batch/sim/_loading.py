@@ -13,6 +13,7 @@ checked by the same code and report errors the same way.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -165,6 +166,11 @@ def builtin_scenarios() -> dict[str, str]:
 def read_scenario_data(name_or_path: str) -> tuple[dict[str, Any], str]:
     """Read a built-in scenario by name, or a TOML file by path, as a dict.
 
+    An existing *file* is read as such; otherwise a built-in's name is the
+    built-in (a folder of that name, such as a ``--plot`` output, does not
+    shadow it); otherwise anything ending in ``.toml`` or containing a path
+    separator is a path.
+
     Returns:
         The parsed TOML and the scenario's default name (the built-in's name or
         the file's stem).
@@ -175,13 +181,16 @@ def read_scenario_data(name_or_path: str) -> tuple[dict[str, Any], str]:
     """
     path = Path(name_or_path)
     builtin = _scenario_dir().joinpath(f"{name_or_path}.toml")
+    looks_like_a_path = path.suffix == ".toml" or "/" in name_or_path or os.sep in name_or_path
     try:
-        if path.suffix == ".toml" or path.exists() or "/" in name_or_path:
-            text = path.read_text(encoding="utf-8")
-            where = str(path)
-        elif builtin.is_file():
+        if not path.is_file() and not looks_like_a_path and builtin.is_file():
             text = builtin.read_text(encoding="utf-8")
             where = f"built-in scenario {name_or_path!r}"
+        elif path.is_dir():
+            raise ScenarioError(f"scenario {name_or_path!r} is a directory, not a TOML file")
+        elif path.is_file() or looks_like_a_path:
+            text = path.read_text(encoding="utf-8")
+            where = str(path)
         else:
             known = ", ".join(builtin_scenarios())
             raise ScenarioError(
@@ -284,7 +293,7 @@ def scenario_to_data(scenario: Scenario) -> dict[str, object]:
         "seed": scenario.seed,
         "items": scenario.items,
         "duration": scenario.duration,
-        "sample_interval": scenario.sample_interval,
+        "sample_interval": scenario.resolved_sample_interval,
         "policies": [policy_label(policy) for policy in scenario.policies],
         "keys": table(scenario.keys),
         "arrivals": table(scenario.arrivals),

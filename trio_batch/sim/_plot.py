@@ -6,19 +6,32 @@ the object API on an Agg canvas (no pyplot, no global figure state, no GUI
 backend), so plotting works headless and leaves the caller's matplotlib
 configuration alone.
 
-Every figure compares the policies of one scenario, one colour per policy in
-the scenario's order, the same colour in every figure. When one policy's
-numbers dwarf the others' (``Size`` stranding cold keys, say), the axis turns
-logarithmic and its label says so, so that the small ones stay readable.
+Every figure compares the policies of one scenario, each with its own style,
+the same in every figure: a colour from ``tab20`` (its ten dark shades first,
+then the ten light ones, so no colour repeats up to 20 policies) and a line
+style from a cycle of four, so two policies with identical numbers still show
+as two lines, one dashed over the other.
+
+What the figures promise:
+
+- The latency CDF counts *every* caller, so a curve ends at the share of
+  callers that got an output: a policy that sheds load ends below 1.0.
+- Panels that compare policies side by side (batch sizes) share one axis and
+  one scale, linear or logarithmic for all of them.
+- Counts (batches, items) get integer ticks.
+- When one policy's numbers dwarf the others' (``Size`` stranding cold keys,
+  say), an axis turns logarithmic and its label says so.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ._results import PolicyResult, SimulationResult
 
@@ -26,7 +39,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PLOT_FILES", "PlottingUnavailable", "require_matplotlib", "write_plots"]
+__all__ = [
+    "PLOT_FILES",
+    "PlottingUnavailable",
+    "check_plot_directory",
+    "require_matplotlib",
+    "write_plots",
+]
 
 #: The files :func:`write_plots` writes, in order.
 PLOT_FILES: Final = (
@@ -44,6 +63,9 @@ _CDF_POINTS: Final = 2000
 _WINDOWS: Final = 60
 #: Above this ratio between the largest and smallest series, use a log axis.
 _LOG_SPREAD: Final = 30.0
+#: Bars in a batch-size histogram, at most (wider bins beyond).
+_MAX_BINS: Final = 120
+_LINE_STYLES: Final = ("-", "--", "-.", ":")
 
 
 class PlottingUnavailable(RuntimeError):
@@ -63,25 +85,69 @@ def require_matplotlib() -> None:
         raise PlottingUnavailable(f"--plot needs matplotlib: {_INSTALL_HINT}") from None
 
 
+def check_plot_directory(directory: str | os.PathLike[str]) -> None:
+    """Check that :func:`write_plots` could write into ``directory``, changing nothing.
+
+    ``directory`` must be a writable directory, or not exist yet below one
+    that is; a plot file already in it must be a writable file.
+
+    Raises:
+        OSError: it could not; the message is one line that names the path.
+    """
+    path = Path(directory)
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
+        for name in PLOT_FILES:
+            target = path / name
+            if target.exists() and (target.is_dir() or not os.access(target, os.W_OK)):
+                raise PermissionError(f"{target} cannot be overwritten")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {path}: {parent} is not writable")
+
+
+class _Style(NamedTuple):
+    colour: str
+    line: str
+
+
 # -- helpers -----------------------------------------------------------------------
 
 
-def _new_figure(rows: int = 1, height: float = 4.8) -> tuple[Figure, list[Axes]]:
+def _new_figure(
+    rows: int = 1, height: float = 4.8, *, sharey: bool = False
+) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10.0, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.subplots(rows, 1, sharex=True, squeeze=False)
+    grid = figure.subplots(rows, 1, sharex=True, sharey=sharey, squeeze=False)
     return figure, [row[0] for row in grid]
 
 
-def _colours(count: int) -> list[str]:
+def _styles(count: int) -> list[_Style]:
+    """One style per policy: no colour repeats up to 20, and line styles vary."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    palette = colormaps["tab10"]
-    return [to_hex(palette(index % 10)) for index in range(count)]
+    palette = colormaps["tab20"]
+    order = [*range(0, 20, 2), *range(1, 20, 2)]  # the dark shades, then the light ones
+    return [
+        _Style(
+            colour=to_hex(palette(order[index % 20])),
+            line=_LINE_STYLES[(index + index // 20) % len(_LINE_STYLES)],
+        )
+        for index in range(count)
+    ]
 
 
 def _title(figure: Figure, result: SimulationResult, what: str) -> None:
@@ -111,6 +177,14 @@ def _scale_note(axes: Axes) -> str:
     return {"log": " (log scale)", "symlog": " (log scale above 10)"}.get(axes.get_yscale(), "")
 
 
+def _integer_ticks(axes: Axes, which: str = "y") -> None:
+    """Counts: no 2.5 batches on a linear axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis = axes.xaxis if which == "x" else axes.yaxis
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _plain_numbers(axes: Axes, which: str) -> None:
     """Label a log axis 20, 50, 100 rather than 2x10^1, 5x10^1, 10^2."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -130,12 +204,12 @@ def _shade_bursts(result: SimulationResult, axes: Axes, end: float) -> None:
     burst = result.scenario.arrivals.burst
     if burst is None or burst.start is None:
         return
-    start = burst.start
     label: str | None = f"burst (x{burst.factor:g} rate)"
-    while start < end:
+    period = 0
+    while (start := burst.start + period * burst.every) < end:
         axes.axvspan(start, start + burst.length, color="grey", alpha=0.12, lw=0, label=label)
         label = None
-        start += burst.every
+        period += 1
 
 
 def _no_data(axes: Axes) -> None:
@@ -145,31 +219,42 @@ def _no_data(axes: Axes) -> None:
 # -- the figures -------------------------------------------------------------------
 
 
-def _latency_cdf(result: SimulationResult, colours: Sequence[str], path: Path) -> None:
+def _latency_cdf(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     figure, (axes,) = _new_figure()
-    with_data = [(r, c) for r, c in zip(result.results, colours, strict=True) if r.ok]
-    log_x = bool(with_data) and all(r.sorted_latencies[0] > 0 for r, _ in with_data)
-    for r, colour in with_data:
-        values = r.sorted_latencies
+    runs = list(zip(result.results, styles, strict=True))
+    with_data = [(r, style) for r, style in runs if r.ok]
+    log_x = bool(with_data) and all(min(r.ok_latencies) > 0 for r, _ in with_data)
+    for r, style in runs:
+        served = r.ok / r.items if r.items else 0.0
+        label = f"{r.policy}: {served:.1%} served"
+        if r.ok:
+            label += f"; p50 {_ms(r.latency(50))}, p99 {_ms(r.latency(99))} of those"
+        values = sorted(r.ok_latencies)
         n = len(values)
         step = max(1, n // _CDF_POINTS)
-        indices = [*range(0, n, step), n - 1]
+        indices = [*range(0, n, step), n - 1] if n else []
+        # The share of *all* callers served within each latency: a policy
+        # that sheds load ends below 1.0, at its share of outputs.
         axes.step(
             [values[i] * 1000 for i in indices],
-            [(i + 1) / n for i in indices],
+            [(i + 1) / r.items for i in indices],
             where="post",
-            color=colour,
+            color=style.colour,
+            linestyle=style.line,
             linewidth=1.8,
-            label=f"{r.policy}: p50 {_ms(r.latency(50))}, p99 {_ms(r.latency(99))}",
+            label=label,
         )
+        if n:
+            axes.plot(values[-1] * 1000, served, marker="o", color=style.colour, markersize=5)
     if with_data:
         if log_x:
             axes.set_xscale("log")
             _plain_numbers(axes, "x")
-        for level in (0.5, 0.9, 0.99):
+        for level in (0.5, 0.9, 0.99, 1.0):
             axes.axhline(level, color="grey", linewidth=0.8, linestyle=":")
+        for level in (0.5, 0.9, 0.99):
             axes.annotate(
-                f"p{level * 100:g}",
+                f"{level:.0%}",
                 xy=(0.0, level),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 2),
@@ -178,27 +263,44 @@ def _latency_cdf(result: SimulationResult, colours: Sequence[str], path: Path) -
                 fontsize=8,
                 color="grey",
             )
-        axes.legend(loc="lower right", fontsize=9)
+        if len(runs) > 5:
+            _legend_outside(axes, fontsize=8)
+        else:
+            axes.legend(loc="lower right", fontsize=8)
     else:
         _no_data(axes)
     axes.set_ylim(0, 1.05)
     axes.set_xlabel("latency, arrival to output (simulated ms" + (", log scale)" if log_x else ")"))
-    axes.set_ylabel("fraction of callers that got an output")
+    axes.set_ylabel("share of all callers served")
     axes.grid(True, which="major", alpha=0.3)
-    _title(figure, result, "Latency CDF")
-    figure.savefig(path)
+    _title(figure, result, "Latency CDF; a curve ends (o) at its share of outputs")
+    return figure
 
 
-def _batch_sizes(result: SimulationResult, colours: Sequence[str], path: Path) -> None:
+def _histogram_bins(result: SimulationResult) -> tuple[list[float], float]:
+    """Bin edges for batch sizes, and the right end of the axis.
+
+    The axis reaches ``max_batch_size`` when that is not far beyond the largest
+    batch seen; bins are one size wide, or wider beyond :data:`_MAX_BINS` sizes.
+    """
+    largest = max((max(r.batch_sizes) for r in result.results if r.batch_sizes), default=1)
+    limit = max((r.max_batch_size for r in result.results), default=1)
+    upper = limit if limit <= max(4 * largest, 64) else largest
+    width = max(1, math.ceil(upper / _MAX_BINS))
+    edges = [0.5 + width * index for index in range(math.ceil(upper / width) + 1)]
+    return edges, edges[-1]
+
+
+def _batch_sizes(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     count = len(result.results)
-    figure, rows = _new_figure(count, height=1.0 + 1.7 * count)
-    largest = max((r.max_batch_size for r in result.results), default=1)
-    bins = [size - 0.5 for size in range(1, largest + 2)]
-    for axes, r, colour in zip(rows, result.results, colours, strict=True):
+    figure, rows = _new_figure(count, height=1.0 + 1.7 * count, sharey=True)
+    edges, right = _histogram_bins(result)
+    # One scale for every panel: logarithmic if any panel needs it.
+    heights = [list(Counter(r.batch_sizes).values()) for r in result.results]
+    log_y = any(_spread(h) > _LOG_SPREAD for h in heights)
+    for axes, r, style in zip(rows, result.results, styles, strict=True):
         if r.batch_sizes:
-            axes.hist(r.batch_sizes, bins=bins, color=colour, edgecolor=colour)
-            if _spread(list(Counter(r.batch_sizes).values())) > _LOG_SPREAD:
-                axes.set_yscale("log")
+            axes.hist(r.batch_sizes, bins=edges, color=style.colour, rwidth=0.85)
             full = sum(1 for size in r.batch_sizes if size == r.max_batch_size)
             label = (
                 f"{r.policy}: {r.batches} batches, mean {r.mean_batch_size:.1f} items, "
@@ -208,61 +310,80 @@ def _batch_sizes(result: SimulationResult, colours: Sequence[str], path: Path) -
             _no_data(axes)
             label = f"{r.policy}: no batches"
         axes.set_title(label, loc="left", fontsize=10)
-        axes.set_ylabel("batches" + (" (log)" if axes.get_yscale() == "log" else ""))
         axes.grid(True, axis="y", alpha=0.3)
-    rows[-1].set_xlim(0.5, largest + 0.5)
-    rows[-1].set_xlabel(f"items per process call (max_batch_size {largest})")
-    _title(figure, result, "Batch sizes")
-    figure.savefig(path)
-
-
-def _latency_over_time(result: SimulationResult, colours: Sequence[str], path: Path) -> None:
-    figure, (axes,) = _new_figure()
-    lowest: list[float] = []
-    for r, colour in zip(result.results, colours, strict=True):
-        points = r.latency_over_time(_WINDOWS)
-        if not points:
-            continue
-        times = [t for t, _, _ in points]
-        p50 = [v * 1000 for _, v, _ in points]
-        p99 = [v * 1000 for _, _, v in points]
-        lowest.append(min(p50))
-        axes.plot(times, p50, color=colour, linewidth=1.8, label=f"{r.policy} p50")
-        axes.plot(times, p99, color=colour, linewidth=1.1, linestyle="--", label=f"{r.policy} p99")
-    log_y = bool(lowest) and min(lowest) > 0
-    if lowest:
+    for axes in rows:
         if log_y:
             axes.set_yscale("log")
             _plain_numbers(axes, "y")
-        _shade_bursts(result, axes, max(r.ok_arrivals[-1] for r in result.results if r.ok))
-        _legend_outside(axes, fontsize=8)
+        else:
+            _integer_ticks(axes)
+        axes.set_ylabel("batches" + (" (log)" if log_y else ""))
+    rows[-1].set_xlim(0.5, right)
+    _integer_ticks(rows[-1], "x")
+    width = edges[1] - edges[0]
+    bins_note = "" if width == 1 else f", bins of {width:g} sizes"
+    limit = max((r.max_batch_size for r in result.results), default=1)
+    rows[-1].set_xlabel(f"items per process call (max_batch_size {limit}{bins_note})")
+    _title(figure, result, "Batch sizes")
+    return figure
+
+
+def _latency_over_time(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
+    figure, (p50_axes, p99_axes) = _new_figure(2, height=6.4, sharey=True)
+    series = [
+        (r, style, r.latency_over_time(_WINDOWS))
+        for r, style in zip(result.results, styles, strict=True)
+    ]
+    drawn = [(r, style, points) for r, style, points in series if points]
+    log_y = bool(drawn) and min(p50 for _, _, points in drawn for _, p50, _ in points) > 0
+    for axes, column in ((p50_axes, 1), (p99_axes, 2)):
+        for r, style, points in drawn:
+            axes.plot(
+                [point[0] for point in points],
+                [point[column] * 1000 for point in points],
+                color=style.colour,
+                linestyle=style.line,
+                linewidth=1.6,
+                label=r.policy,
+            )
+        axes.grid(True, which="major", alpha=0.3)
+    if drawn:
+        end = max(r.ok_arrivals[-1] for r, _, _ in drawn)
+        for axes in (p50_axes, p99_axes):
+            if log_y:
+                axes.set_yscale("log")
+                _plain_numbers(axes, "y")
+            _shade_bursts(result, axes, end)
+        _legend_outside(p50_axes, fontsize=8)
     else:
-        _no_data(axes)
-    axes.set_xlabel(f"arrival time (simulated s, {_WINDOWS} windows)")
-    axes.set_ylabel("latency (simulated ms" + (", log scale)" if log_y else ")"))
-    axes.grid(True, which="major", alpha=0.3)
-    _title(figure, result, "Latency by arrival time, p50 solid, p99 dashed")
-    figure.savefig(path)
+        _no_data(p50_axes)
+    unit = "simulated ms" + (", log scale" if log_y else "")
+    p50_axes.set_ylabel(f"p50 latency ({unit})")
+    p99_axes.set_ylabel(f"p99 latency ({unit})")
+    p50_axes.set_title("median latency of the callers arriving in each window", loc="left")
+    p99_axes.set_title("99th percentile", loc="left")
+    p99_axes.set_xlabel(f"arrival time (simulated s, {_WINDOWS} windows)")
+    _title(figure, result, "Latency by arrival time (callers that got an output)")
+    return figure
 
 
-def _queued_items(result: SimulationResult, colours: Sequence[str], path: Path) -> None:
-    from matplotlib.ticker import MaxNLocator
-
+def _queued_items(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     figure, (queued, started) = _new_figure(2, height=6.4)
-    with_data = [(r, c) for r, c in zip(result.results, colours, strict=True) if r.samples]
+    with_data = [(r, s) for r, s in zip(result.results, styles, strict=True) if r.samples]
     panels: tuple[tuple[Axes, Callable[[PolicyResult], list[int]]], ...] = (
         (queued, lambda r: [s.queued_items for s in r.samples]),
         (started, lambda r: [s.processing_batches for s in r.samples]),
     )
     for axes, values in panels:
         peaks = []
-        for r, colour in with_data:
+        for r, style in with_data:
             series = values(r)
             peaks.append(max(series))
             axes.plot(
                 [s.time for s in r.samples],
                 series,
-                color=colour,
+                color=style.colour,
+                linestyle=style.line,
                 linewidth=1.3,
                 label=r.policy,
                 drawstyle="steps-post",
@@ -270,7 +391,7 @@ def _queued_items(result: SimulationResult, colours: Sequence[str], path: Path) 
         if _spread(peaks) > _LOG_SPREAD:
             axes.set_yscale("symlog", linthresh=10)
         else:
-            axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts, not fractions
+            _integer_ticks(axes)
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
     if with_data:
@@ -286,10 +407,10 @@ def _queued_items(result: SimulationResult, colours: Sequence[str], path: Path) 
     started.set_ylabel("started batches" + _scale_note(started))
     started.set_xlabel("simulated time (s); sampled from Batcher.statistics()")
     _title(figure, result, "Batcher statistics over time")
-    figure.savefig(path)
+    return figure
 
 
-def write_plots(result: SimulationResult, directory: Path) -> list[Path]:
+def write_plots(result: SimulationResult, directory: str | os.PathLike[str]) -> list[Path]:
     """Write the PNGs of :data:`PLOT_FILES` into ``directory`` (created if needed).
 
     Returns:
@@ -300,12 +421,13 @@ def write_plots(result: SimulationResult, directory: Path) -> list[Path]:
         OSError: the directory or a file cannot be written.
     """
     require_matplotlib()
-    directory.mkdir(parents=True, exist_ok=True)
-    colours = _colours(len(result.results))
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    styles = _styles(len(result.results))
     drawers = (_latency_cdf, _batch_sizes, _latency_over_time, _queued_items)
     paths = []
     for name, draw in zip(PLOT_FILES, drawers, strict=True):
-        path = directory / name
-        draw(result, colours, path)
+        path = folder / name
+        draw(result, styles).savefig(path)
         paths.append(path)
     return paths

@@ -14,7 +14,7 @@ abandoned, so nothing leaks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -32,7 +32,13 @@ class ConnectionPool:
         connect_seconds: how long opening a connection takes.
     """
 
-    def __init__(self, size: int, connect_seconds: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        connect_seconds: float,
+        sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+    ) -> None:
+        self._sleep = sleep
         self._slots = trio.Semaphore(size)
         self._connect_seconds = connect_seconds
         self._idle: list[int] = []
@@ -51,7 +57,7 @@ class ConnectionPool:
             if self._idle:
                 connection = self._idle.pop()
             else:
-                await trio.sleep(self._connect_seconds)
+                await self._sleep(self._connect_seconds)
                 connection = self.opened
                 self.opened += 1
             self.acquisitions += 1

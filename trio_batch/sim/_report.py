@@ -8,12 +8,16 @@ their output can be compared byte for byte.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Sequence
+from typing import Final, final
+
+import attrs
 
 from ._results import PolicyResult, SimulationResult
 from ._scenario import Scenario
 
-__all__ = ["describe_scenario", "render_json", "render_table"]
+__all__ = ["TABLE_WIDTH", "describe_scenario", "render_json", "render_table"]
 
 
 def _seconds(value: float) -> str:
@@ -93,51 +97,99 @@ def _fixed(digits: int) -> Callable[[float | None], str]:
     return render
 
 
-# (header, how to render a result, left-aligned)
-_COLUMNS: Sequence[tuple[str, Callable[[PolicyResult], str], bool]] = (
-    ("policy", lambda r: r.policy, True),
-    ("items", lambda r: str(r.items), False),
-    ("ok", lambda r: str(r.ok), False),
-    ("items/s", lambda r: f"{r.throughput:.0f}", False),
-    ("p50 ms", lambda r: _ms(r.latency(50)), False),
-    ("p90 ms", lambda r: _ms(r.latency(90)), False),
-    ("p99 ms", lambda r: _ms(r.latency(99)), False),
-    ("max ms", lambda r: _ms(r.max_latency), False),
-    ("batch", lambda r: _fixed(1)(r.mean_batch_size), False),
-    ("fill", lambda r: _fixed(2)(r.fill_ratio), False),
-    ("batches", lambda r: str(r.batches), False),
-    ("rejected", lambda r: str(r.rejected), False),
-    ("failed", lambda r: str(r.failed), False),
-    ("withdrawn", lambda r: str(r.withdrawn), False),
-    ("late", lambda r: str(r.late), False),
-    ("acquired", lambda r: str(r.acquisitions), False),
+#: The width that the table fits by default, in characters.
+TABLE_WIDTH: Final = 100
+
+
+@final
+@attrs.frozen
+class _Column:
+    header: str
+    render: Callable[[PolicyResult], str]
+    #: Left out first when the table is too wide: higher goes first; 0 never.
+    drop: int = 0
+    left: bool = False
+
+
+_COLUMNS: Final = (
+    _Column("policy", lambda r: r.policy, left=True),
+    _Column("items", lambda r: str(r.items), drop=7),
+    _Column("ok", lambda r: str(r.ok)),
+    _Column("items/s", lambda r: f"{r.throughput:.0f}"),
+    _Column("p50 ms", lambda r: _ms(r.latency(50))),
+    _Column("p90 ms", lambda r: _ms(r.latency(90)), drop=5),
+    _Column("p99 ms", lambda r: _ms(r.latency(99))),
+    _Column("max ms", lambda r: _ms(r.max_latency), drop=3),
+    _Column("batch", lambda r: _fixed(1)(r.mean_batch_size)),
+    _Column("fill", lambda r: _fixed(2)(r.fill_ratio), drop=6),
+    _Column("batches", lambda r: str(r.batches), drop=8),
+    _Column("rejected", lambda r: str(r.rejected)),
+    _Column("failed", lambda r: str(r.failed), drop=2),
+    _Column("withdrawn", lambda r: str(r.withdrawn)),
+    _Column("late", lambda r: str(r.late), drop=1),
+    _Column("acquired", lambda r: str(r.acquisitions), drop=9),
 )
 
 _LEGEND = (
-    "latency: arrival to output, simulated ms, callers that got their output (ok); "
-    "items/s: ok per simulated second;",
+    "latency: arrival to output, simulated ms, of the callers that got their output (ok); "
+    "items/s: ok per simulated second; "
     "batch: mean items per process call; fill: batch / max_batch_size; "
-    "withdrawn: gave up before processing; late: gave up after; acquired: pool connections taken",
+    "withdrawn: gave up before processing; late: gave up after; "
+    "acquired: pool connections taken"
 )
 
 
-def render_table(result: SimulationResult) -> str:
-    """The human report: what was simulated, one row per policy, a legend."""
-    rows = [[header for header, _, _ in _COLUMNS]]
-    rows += [[render(r) for _, render, _ in _COLUMNS] for r in result.results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    lines = [*describe_scenario(result.scenario), ""]
-    for row in rows:
-        cells = [
-            cell.ljust(width) if left else cell.rjust(width)
-            for cell, width, (_, _, left) in zip(row, widths, _COLUMNS, strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
+def _lay_out(columns: Sequence[_Column], results: Sequence[PolicyResult]) -> list[str]:
+    rows = [[column.header for column in columns]]
+    rows += [[column.render(r) for column in columns] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return [
+        "  ".join(
+            cell.ljust(width) if column.left else cell.rjust(width)
+            for cell, width, column in zip(row, widths, columns, strict=True)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def render_table(result: SimulationResult, *, wide: bool = False) -> str:
+    """The human report: what was simulated, one row per policy, a legend.
+
+    Every line fits :data:`TABLE_WIDTH` characters: the columns that matter
+    least are left out until the rows fit (and the legend names them), unless
+    ``wide`` is true, which keeps every column.
+    """
+    columns = list(_COLUMNS)
+    left_out: list[_Column] = []
+    while not wide:
+        if max(map(len, _lay_out(columns, result.results))) <= TABLE_WIDTH:
+            break
+        droppable = [column for column in columns if column.drop]
+        if not droppable:
+            break
+        worst = max(droppable, key=lambda column: column.drop)
+        columns.remove(worst)
+        left_out.append(worst)
+    legend = _LEGEND
+    if left_out:
+        names = ", ".join(column.header for column in _COLUMNS if column in left_out)
+        legend += f". Left out to fit {TABLE_WIDTH} columns: {names} (--wide shows them)"
+    lines = [*_wrap(describe_scenario(result.scenario)), ""]
+    lines += _lay_out(columns, result.results)
     lines.append("")
-    lines.extend(_LEGEND)
+    lines += textwrap.wrap(legend, TABLE_WIDTH)
     for r in result.results:
         lines.extend(f"ANOMALY ({r.policy}): {anomaly}" for anomaly in r.anomalies)
     return "\n".join(lines) + "\n"
+
+
+def _wrap(lines: Sequence[str]) -> list[str]:
+    """Wrap each line to :data:`TABLE_WIDTH`, continuing it indented."""
+    wrapped: list[str] = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        wrapped += textwrap.wrap(line, TABLE_WIDTH, subsequent_indent=indent) or [""]
+    return wrapped
 
 
 def render_json(result: SimulationResult) -> str:

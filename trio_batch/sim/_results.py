@@ -2,17 +2,22 @@
 
 A result keeps the raw observations (every latency, every batch size, every
 statistics sample) so that reports and plots are computed from the same data,
-and the summary numbers are derived, never accumulated separately.
+and the summary numbers are derived, never accumulated separately. Latencies
+and arrival times are kept in :class:`array.array` (8 bytes each), not tuples
+of float objects (32 bytes each).
 
-Percentiles use the nearest-rank method (the smallest observation with at
-least ``p`` percent of observations at or below it): an observed value, no
-interpolation, so a summary can be checked against the raw data exactly.
+Percentiles have one definition, the standard library's
+``statistics.quantiles(data, n=100, method="inclusive")``: linear interpolation
+between the two nearest observations, the same as numpy's default
+(``method="linear"``) and spreadsheets' ``PERCENTILE.INC``. The 0th and 100th
+percentiles are the smallest and largest observations.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import statistics
+from array import array
+from collections.abc import Iterable, Sequence
 from typing import final
 
 import attrs
@@ -20,15 +25,44 @@ import attrs
 from ._loading import scenario_to_data
 from ._scenario import Scenario
 
-__all__ = ["PolicyResult", "Sample", "SimulationResult", "percentile"]
+__all__ = ["PolicyResult", "Sample", "SimulationResult", "percentile", "percentiles"]
 
 
-def percentile(sorted_values: Sequence[float], p: float) -> float | None:
-    """The nearest-rank ``p``-th percentile of ``sorted_values`` (None if empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
+def percentiles(values: Sequence[float]) -> tuple[float, ...]:
+    """The 0th to 100th percentiles of ``values`` (101 numbers; empty if no values).
+
+    Linear interpolation: ``statistics.quantiles(values, n=100, method="inclusive")``
+    between the smallest and the largest value.
+    """
+    if not values:
+        return ()
+    if len(values) == 1:  # statistics.quantiles needs two values before Python 3.13
+        return (values[0],) * 101
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return (ordered[0], *cuts, ordered[-1])
+
+
+def percentile(values: Sequence[float], p: int) -> float | None:
+    """The ``p``-th percentile of ``values`` (an integer from 0 to 100; None if empty).
+
+    See :func:`percentiles`.
+
+    Raises:
+        ValueError: ``p`` is not an integer from 0 to 100.
+    """
+    _check_percent(p)
+    table = percentiles(values)
+    return table[p] if table else None
+
+
+def _float_array(values: Iterable[float]) -> array[float]:
+    return values if isinstance(values, array) and values.typecode == "d" else array("d", values)
+
+
+def _check_percent(p: int) -> None:
+    if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 100:
+        raise ValueError(f"p must be an integer from 0 to 100, got {p!r}")
 
 
 @final
@@ -76,9 +110,9 @@ class PolicyResult:
     #: ``max_batch_size`` of the run, for the fill ratio.
     max_batch_size: int
     #: Arrival time of each caller that got its output, in arrival order.
-    ok_arrivals: tuple[float, ...]
+    ok_arrivals: Sequence[float] = attrs.field(converter=_float_array)
     #: Latency (submit to output, simulated seconds) of the same callers.
-    ok_latencies: tuple[float, ...]
+    ok_latencies: Sequence[float] = attrs.field(converter=_float_array)
     #: Periodic statistics samples.
     samples: tuple[Sample, ...]
     #: Times a batch obtained a pool connection (0 without a pool).
@@ -87,11 +121,12 @@ class PolicyResult:
     connections: int
     #: Broken library guarantees that the run observed (empty if all is well).
     anomalies: tuple[str, ...]
-    sorted_latencies: tuple[float, ...] = attrs.field(init=False)
+    #: The 0th to 100th percentile latencies (empty if no caller got its output).
+    latency_percentiles: tuple[float, ...] = attrs.field(init=False)
 
-    @sorted_latencies.default
-    def _sort_latencies(self) -> tuple[float, ...]:
-        return tuple(sorted(self.ok_latencies))
+    @latency_percentiles.default
+    def _latency_percentiles(self) -> tuple[float, ...]:
+        return percentiles(self.ok_latencies)
 
     @property
     def throughput(self) -> float:
@@ -114,14 +149,18 @@ class PolicyResult:
         mean = self.mean_batch_size
         return None if mean is None else mean / self.max_batch_size
 
-    def latency(self, p: float) -> float | None:
-        """The ``p``-th percentile latency in simulated seconds (None if no output)."""
-        return percentile(self.sorted_latencies, p)
+    def latency(self, p: int) -> float | None:
+        """The ``p``-th percentile latency in simulated seconds (None if no output).
+
+        ``p`` is an integer from 0 to 100; see :func:`percentiles` for the definition.
+        """
+        _check_percent(p)
+        return self.latency_percentiles[p] if self.latency_percentiles else None
 
     @property
     def max_latency(self) -> float | None:
         """The largest latency (None if no caller got its output)."""
-        return self.sorted_latencies[-1] if self.sorted_latencies else None
+        return self.latency(100)
 
     def latency_over_time(self, windows: int) -> list[tuple[float, float, float]]:
         """``(window middle, p50, p99)`` of latencies by arrival time.
@@ -139,12 +178,8 @@ class PolicyResult:
         points = []
         for index, bucket in enumerate(buckets):
             if bucket:
-                bucket.sort()
-                p50 = percentile(bucket, 50)
-                p99 = percentile(bucket, 99)
-                assert p50 is not None
-                assert p99 is not None
-                points.append(((index + 0.5) * width, p50, p99))
+                table = percentiles(bucket)
+                points.append(((index + 0.5) * width, table[50], table[99]))
         return points
 
     def summary(self) -> dict[str, object]:

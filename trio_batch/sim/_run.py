@@ -1,16 +1,20 @@
 """Running the real batcher on a workload, in Trio's virtual time.
 
-Each policy gets its own ``trio.run`` with a :class:`trio.testing.MockClock`
-whose ``autojump_threshold`` is 0: whenever every task is blocked, the clock
-jumps to the next deadline. Simulated time, not wall time, drives every delay
-(arrivals, ``process`` costs, connects, timers, timeouts), so a minute of
+Each policy gets its own ``trio.run`` on a :class:`~._clock.SimClock`: time
+moves only when every task waits, straight to the next instant at which
+something is due (see ``_clock``). Simulated time, not wall time, drives every
+delay (arrivals, ``process`` costs, connects, timers, timeouts), so a minute of
 traffic takes as long as the Python code needs, not a minute.
 
 Nothing here models the batcher: callers call the real
 :meth:`trio_batch.Batcher.submit`, and the simulated ``process`` and pool only
-sleep for the scenario's costs. Caller tasks are spawned one per arrival into a
-nursery outside the batcher's block; after the last arrival the block is left
-normally, so the batcher drains exactly as in production.
+sleep for the scenario's costs. At each arrival time the clock's keeper hands
+the item to a caller task: one that has finished its previous call and waits
+for another, or a new one if none is free; so there are as many caller tasks
+as callers waiting at once, not as arrivals. The callers' nursery is outside
+the batcher's block; after the last arrival the block is left normally, so the
+batcher drains exactly as in production. The statistics sampler is a passive
+callback of the clock, not a task.
 
 Determinism. The workload and every batch's randomness come from seeded
 generators (see ``_workload``), and events rarely share an instant. But some
@@ -39,16 +43,18 @@ import math
 import sys
 from array import array
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, final
 
+import outcome
 import trio
-import trio.testing
 
 import trio_batch as tb
 
+from ._clock import SimClock, SimulationStuck, VirtualTime
 from ._pool import ConnectionPool
 from ._results import PolicyResult, Sample, SimulationResult
-from ._scenario import Scenario, policy_label
+from ._scenario import MAX_SAMPLES, Scenario, policy_label
 from ._workload import Workload, batch_cost, batch_random, generate_workload
 
 __all__ = ["ProgressCallback", "SimulatedFailure", "run_scenario", "simulate_policy"]
@@ -58,8 +64,6 @@ ProgressCallback = Callable[[int, int, str], None]
 
 #: Arrivals between two progress reports.
 _PROGRESS_EVERY: Final = 512
-#: Samples of the batcher's statistics over the expected arrival span.
-_SAMPLES: Final = 200
 
 # Outcome codes, one byte per item.
 _PENDING, _OK, _REJECTED, _FAILED, _WITHDRAWN, _LATE, _CLOSED = range(7)
@@ -118,11 +122,14 @@ class _Simulation:
         workload: Workload,
         policy: tb.Policy,
         on_progress: Callable[[int], None],
+        time: VirtualTime,
     ) -> None:
+        self._time = time
         self._scenario = scenario
         self._workload = workload
         self._policy = policy
         self._on_progress = on_progress
+        self._sample_interval = scenario.resolved_sample_interval
         n = len(workload)
         self._outcomes = bytearray(n)
         self._processed = bytearray(n)
@@ -135,6 +142,11 @@ class _Simulation:
         self._entered = 0
         self._all_entered = trio.Event()
         self._pool: ConnectionPool | None = None
+        self._next_item = 0  # the next arrival
+        self._idle: list[trio.lowlevel.Task] = []  # caller tasks waiting for an arrival
+        # Set in run():
+        self._callers: trio.Nursery
+        self._batcher: tb.Batcher[int, int, int]
 
     def _anomaly(self, what: str, example: str) -> None:
         """Record a broken library guarantee (the first example is kept)."""
@@ -161,7 +173,7 @@ class _Simulation:
         self._batch_sizes.append(len(inputs))
         rng = batch_random(self._scenario.seed, inputs[0])
         try:
-            await trio.sleep(batch_cost(self._scenario.process, len(inputs), rng))
+            await self._time.sleep(batch_cost(self._scenario.process, len(inputs), rng))
         finally:
             remaining = self._running[key] - 1
             if remaining:
@@ -180,10 +192,10 @@ class _Simulation:
 
     # -- callers -----------------------------------------------------------------------
 
-    async def _submit(self, batcher: tb.Batcher[int, int, int], item: int) -> int:
+    async def _submit(self, item: int) -> int:
         """Submit ``item`` and return its outcome code (cancellation propagates)."""
         try:
-            output = await batcher.submit(self._workload.keys[item], item)
+            output = await self._batcher.submit(self._workload.keys[item], item)
         except tb.Rejected:
             return _REJECTED
         except tb.BatcherClosed:
@@ -192,77 +204,115 @@ class _Simulation:
             return _FAILED
         if output != item:
             self._anomaly("a caller got another item's output", f"item {item}: {output}")
-        self._latency[item] = trio.current_time() - self._workload.times[item]
+        self._latency[item] = self._time.now - self._workload.times[item]
         return _OK
 
-    async def _caller(self, batcher: tb.Batcher[int, int, int], item: int) -> None:
+    async def _call(self, item: int) -> None:
+        """Be the caller of ``item``: submit it, and record its outcome."""
         self._entered += 1
         if self._entered == len(self._workload):
             self._all_entered.set()
         timeout = self._workload.timeouts[item]
         if timeout == math.inf:
-            self._outcomes[item] = await self._submit(batcher, item)
+            self._outcomes[item] = await self._submit(item)
             return
         code = _PENDING
         with trio.move_on_after(timeout):
-            code = await self._submit(batcher, item)
+            code = await self._submit(item)
         if code == _PENDING:  # gave up: before its batch began processing, or after?
             code = _LATE if self._processed[item] else _WITHDRAWN
         self._outcomes[item] = code
 
-    async def _arrive(self, batcher: tb.Batcher[int, int, int], callers: trio.Nursery) -> None:
-        """Spawn one caller per arrival, then wait until every one has submitted."""
-        times = self._workload.times
-        n = len(times)
-        for item in range(n):
-            await trio.sleep_until(times[item])
-            callers.start_soon(self._caller, batcher, item)
-            if item % _PROGRESS_EVERY == 0:
-                self._on_progress(item)
-        # Leaving the block now would close the batcher under the feet of
-        # callers that have been spawned but have not run yet.
-        if n:
-            await self._all_entered.wait()
-        self._on_progress(n)
+    async def _caller(self, item: int) -> None:
+        """A caller task: calls for ``item``, then for later arrivals while there are any.
 
-    async def _sample(self, batcher: tb.Batcher[int, int, int], interval: float) -> None:
-        tick = 0
-        while True:
-            stats = batcher.statistics()
-            self._samples.append(
-                Sample(trio.current_time(), stats.queued_items, stats.processing_batches)
-            )
-            tick += 1
-            await trio.sleep_until(tick * interval)
+        Reusing a task that has finished its call is cheaper than a new task per
+        arrival, and the number of caller tasks is bounded by the number of
+        callers waiting at once, not by the number of arrivals.
+        """
+        while item >= 0:
+            await self._call(item)
+            if self._next_item >= len(self._workload):
+                return
+            task = trio.lowlevel.current_task()
+            self._idle.append(task)
+
+            def abort(_raise_cancel: object, task: trio.lowlevel.Task = task) -> Any:
+                self._idle.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            item = await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _arrival(self) -> None:
+        """At the next arrival time (in the keeper): hand the item to a caller task."""
+        item = self._next_item
+        self._next_item = item + 1
+        if self._idle:
+            trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(item))
+        else:
+            self._callers.start_soon(self._caller, item)
+        if item % _PROGRESS_EVERY == 0:
+            self._on_progress(item)
+        if self._next_item < len(self._workload):
+            self._time.call_at(self._workload.times[self._next_item], self._arrival)
+        else:  # that was the last arrival: idle callers can go
+            while self._idle:
+                trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(-1))
+
+    def _sample(self) -> None:
+        """Record the batcher's statistics, and file the next sample (in the keeper)."""
+        stats = self._batcher.statistics()
+        samples = self._samples
+        samples.append(Sample(self._time.now, stats.queued_items, stats.processing_batches))
+        if len(samples) >= 2 * MAX_SAMPLES:
+            # A drain that lasts far longer than the arrivals: keep every other
+            # sample and sample half as often, so memory stays bounded.
+            del samples[1::2]
+            self._sample_interval *= 2
+        self._time.call_at(len(samples) * self._sample_interval, self._sample, passive=True)
 
     # -- the run ---------------------------------------------------------------------------
 
-    async def run(self) -> PolicyResult:
+    def _open_batcher(self) -> AbstractAsyncContextManager[tb.Batcher[int, int, int]]:
         scenario = self._scenario
-        interval = scenario.sample_interval or scenario.expected_span / _SAMPLES
         name = f"sim {policy_label(self._policy)}"
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as callers:
-                if scenario.pool is None:
-                    batcher_cm = tb.open_batcher(
-                        self._process, policy=self._policy, limits=scenario.limits, name=name
-                    )
-                else:
-                    pool = self._pool = ConnectionPool(scenario.pool.size, scenario.pool.connect)
-                    batcher_cm = tb.open_batcher(
-                        self._process_with_connection,
-                        acquire=pool.connection,
-                        policy=self._policy,
-                        limits=scenario.limits,
-                        name=name,
-                    )
-                async with batcher_cm as batcher:
-                    outer.start_soon(self._sample, batcher, interval)
-                    await self._arrive(batcher, callers)
-            # Drained, and every caller has its outcome.
-            elapsed = trio.current_time()
-            outer.cancel_scope.cancel()
-        return self._result(elapsed)
+        if scenario.pool is None:
+            return tb.open_batcher(
+                self._process, policy=self._policy, limits=scenario.limits, name=name
+            )
+        pool = self._pool = ConnectionPool(
+            scenario.pool.size, scenario.pool.connect, self._time.sleep
+        )
+        return tb.open_batcher(
+            self._process_with_connection,
+            acquire=pool.connection,
+            policy=self._policy,
+            limits=scenario.limits,
+            name=name,
+        )
+
+    async def run(self) -> PolicyResult:
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._time.keep)
+                # The callers' nursery is outside the batcher's block, so that
+                # leaving the block drains the batcher while callers wait.
+                async with (
+                    trio.open_nursery() as self._callers,
+                    self._open_batcher() as self._batcher,
+                ):
+                    self._time.call_at(0.0, self._sample, passive=True)
+                    if len(self._workload):
+                        self._time.call_at(self._workload.times[0], self._arrival)
+                        # Leaving the block before every caller has submitted
+                        # would close the batcher under their feet.
+                        await self._all_entered.wait()
+                    self._on_progress(len(self._workload))
+                # Drained, and every caller has its outcome.
+                outer.cancel_scope.cancel()
+        except* SimulationStuck as stuck:
+            self._anomaly("the run stalled", str(stuck.exceptions[0]))
+        return self._result(self._time.now)
 
     def _result(self, elapsed: float) -> PolicyResult:
         outcomes = self._outcomes
@@ -291,8 +341,8 @@ class _Simulation:
             elapsed=elapsed,
             batch_sizes=tuple(self._batch_sizes),
             max_batch_size=self._scenario.limits.max_batch_size,
-            ok_arrivals=tuple(times[item] for item in ok_items),
-            ok_latencies=tuple(self._latency[item] for item in ok_items),
+            ok_arrivals=array("d", (times[item] for item in ok_items)),
+            ok_latencies=array("d", (self._latency[item] for item in ok_items)),
             samples=tuple(self._samples),
             acquisitions=0 if pool is None else pool.acquisitions,
             connections=0 if pool is None else pool.opened,
@@ -313,38 +363,56 @@ def simulate_policy(
 
     Must not be called from inside a Trio run (it starts its own).
     """
-    simulation = _Simulation(scenario, workload, policy, on_progress or (lambda _done: None))
+    clock = SimClock()
+    simulation = _Simulation(
+        scenario, workload, policy, on_progress or (lambda _done: None), VirtualTime(clock)
+    )
     with (
         _deterministic_scheduling(f"{scenario.seed}:{policy_label(policy)}"),
         _quiet_simulated_failures(),
     ):
-        return trio.run(simulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
+        return trio.run(simulation.run, clock=clock)
 
 
 def run_scenario(
-    scenario: Scenario, *, on_progress: ProgressCallback | None = None
+    scenario: Scenario, *, on_progress: ProgressCallback | None = None, jobs: int = 1
 ) -> SimulationResult:
     """Simulate every policy of ``scenario`` on the same workload.
 
     Args:
         scenario: what to simulate.
-        on_progress: optional ``(items done, items in total, policy)`` callback,
-            called every few hundred arrivals.
+        on_progress: optional ``(items done, items in total, what is running)``
+            callback, called every few hundred arrivals.
+        jobs: worker processes to run policies in, side by side; 1 (the
+            default) runs them one after the other in this process. The
+            numbers are the same either way.
 
     Returns:
         One result per policy, in the scenario's order. The numbers depend only
-        on the scenario (seed included), never on wall time or the process.
+        on the scenario (seed included), never on wall time, the process or
+        ``jobs``.
+
+    Raises:
+        ValueError: ``jobs`` is not an integer >= 1.
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    report_all = on_progress or (lambda _done, _total, _label: None)
+    report_all(0, 0, "drawing the workload")
     workload = generate_workload(scenario)
+    count = len(scenario.policies)
+    if jobs > 1 and count > 1:
+        from ._parallel import simulate_in_processes  # it imports this module
+
+        results = simulate_in_processes(scenario, workload, jobs, report_all)
+        return SimulationResult(scenario=scenario, results=tuple(results))
     n = len(workload)
-    total = n * len(scenario.policies)
     results = []
     for index, policy in enumerate(scenario.policies):
-        label = f"{policy_label(policy)} ({index + 1}/{len(scenario.policies)})"
+        label = f"{policy_label(policy)} ({index + 1}/{count})"
 
         def report(done: int, offset: int = index * n, label: str = label) -> None:
-            if on_progress is not None:
-                on_progress(offset + done, total, label)
+            report_all(offset + done, n * count, label)
 
         results.append(simulate_policy(scenario, workload, policy, report))
     return SimulationResult(scenario=scenario, results=tuple(results))

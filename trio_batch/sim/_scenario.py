@@ -45,6 +45,24 @@ __all__ = [
 
 
 # -- validators ----------------------------------------------------------------
+#
+# attrs' own bounds and type validators (``gt``, ``instance_of``) word their
+# messages their way ("'rate' must be > 0: -1.0"); ours follow the project's
+# ("rate must be > 0, got -1.0"), which the loader prefixes with the table. So
+# the checks below are ours, and attrs supplies the combinators (``optional``).
+
+#: The most arrivals a run may expect: every latency is kept, for exact
+#: percentiles, so memory grows with the arrivals: 24 bytes per item for the
+#: workload, about 30 per item and policy for the results, twice that at the
+#: peak while a result is built (measured: 200,000 items, two policies, 72 MB
+#: at the peak). At this limit, with four policies, about half a gigabyte.
+MAX_ITEMS: Final = 2_000_000
+#: The most keys: a Zipf draw keeps a table of cumulative weights, one per key.
+MAX_KEYS: Final = 1_000_000
+#: The most statistics samples a run may ask for over its arrivals.
+MAX_SAMPLES: Final = 10_000
+#: The most burst periods over the arrivals (each is a period of its own rate).
+MAX_BURSTS: Final = 1_000_000
 
 
 def _to_float(value: float) -> float:
@@ -54,9 +72,16 @@ def _to_float(value: float) -> float:
     return value
 
 
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else _to_float(value)
+
+
+Validator = Callable[[object, "attrs.Attribute[Any]", object], None]
+
+
 def _number(
     *, gt: float | None = None, ge: float | None = None, le: float | None = None
-) -> Callable[[object, attrs.Attribute[Any], object], None]:
+) -> Validator:
     """A validator for a finite number with optional bounds."""
 
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -74,19 +99,22 @@ def _number(
     return check
 
 
-def _integer(*, ge: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    """A validator for an int (not a bool) that is at least ``ge``."""
+def _integer(*, ge: int, le: int | None = None, why: str = "") -> Validator:
+    """A validator for an int (not a bool) from ``ge`` to ``le``; ``why`` explains ``le``."""
 
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{attribute.name} must be an integer, got {value!r}")
         if value < ge:
             raise ValueError(f"{attribute.name} must be >= {ge}, got {value!r}")
+        if le is not None and value > le:
+            reason = f" ({why})" if why else ""
+            raise ValueError(f"{attribute.name} must be <= {le}{reason}, got {value!r}")
 
     return check
 
 
-def _choice(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
+def _choice(*choices: str) -> Validator:
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value not in choices:
             allowed = ", ".join(repr(choice) for choice in choices)
@@ -100,19 +128,10 @@ def _text(_instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise TypeError(f"{attribute.name} must be a string, got {value!r}")
 
 
-def _optional(
-    check: Callable[[object, attrs.Attribute[Any], object], None],
-) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def optional_check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is not None:
-            check(instance, attribute, value)
+_optional = attrs.validators.optional
 
-    return optional_check
-
-
-def _optional_float(value: float | None) -> float | None:
-    return None if value is None else _to_float(value)
-
+#: Samples of the batcher's statistics over the expected arrival span, by default.
+DEFAULT_SAMPLES: Final = 200
 
 # -- the values ----------------------------------------------------------------
 
@@ -138,7 +157,9 @@ class KeyDistribution:
     distribution: Distribution = attrs.field(
         default="single", validator=_choice("single", "uniform", "zipf")
     )
-    count: int = attrs.field(default=1, validator=_integer(ge=1))
+    count: int = attrs.field(
+        default=1, validator=_integer(ge=1, le=MAX_KEYS, why="a Zipf table holds a weight per key")
+    )
     exponent: float | None = attrs.field(
         default=None, converter=_optional_float, validator=_optional(_number(gt=0))
     )
@@ -328,7 +349,10 @@ class Scenario:
     name: str = attrs.field(default="custom", validator=_text)
     description: str = attrs.field(default="", validator=_text)
     seed: int = attrs.field(default=0, validator=_integer(ge=0))
-    items: int | None = attrs.field(default=None, validator=_optional(_integer(ge=1)))
+    items: int | None = attrs.field(
+        default=None,
+        validator=_optional(_integer(ge=1, le=MAX_ITEMS, why="every latency is kept in memory")),
+    )
     duration: float | None = attrs.field(
         default=None, converter=_optional_float, validator=_optional(_number(gt=0))
     )
@@ -378,6 +402,37 @@ class Scenario:
                     f"policies[{index}] ({policy_label(policy)}) needs min_size_hint <= "
                     f"limits.max_batch_size ({self.limits.max_batch_size})"
                 )
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse runs that would not fit in memory or would never end, before they start."""
+        span = self.expected_span
+        if self.duration is not None and self.expected_items > MAX_ITEMS:
+            raise ValueError(
+                f"duration {self.duration:g} s at arrivals.rate {self.arrivals.rate:g}/s means "
+                f"about {self.expected_items:,.0f} arrivals; at most {MAX_ITEMS:,} fit (every "
+                "latency is kept in memory): shorten duration or lower the rate"
+            )
+        burst = self.arrivals.burst
+        if burst is not None and span / burst.every > MAX_BURSTS:
+            raise ValueError(
+                f"arrivals.burst.every must be >= {span / MAX_BURSTS:.3g} "
+                f"(at most {MAX_BURSTS:,} bursts over {span:g} s of arrivals), "
+                f"got {burst.every!r}"
+            )
+        if self.sample_interval is not None and span / self.sample_interval > MAX_SAMPLES:
+            raise ValueError(
+                f"sample_interval must be >= {span / MAX_SAMPLES:.3g} "
+                f"(at most {MAX_SAMPLES:,} samples over {span:g} s of arrivals), "
+                f"got {self.sample_interval!r}"
+            )
+
+    @property
+    def resolved_sample_interval(self) -> float:
+        """``sample_interval``, or its default: 1/200 of :attr:`expected_span`."""
+        if self.sample_interval is not None:
+            return self.sample_interval
+        return self.expected_span / DEFAULT_SAMPLES
 
     @property
     def expected_span(self) -> float:
@@ -386,6 +441,22 @@ class Scenario:
             return self.duration
         assert self.items is not None
         return self.items / self.arrivals.rate
+
+    @property
+    def expected_items(self) -> float:
+        """The mean number of arrivals (``items``, or the rate over ``duration``)."""
+        if self.items is not None:
+            return self.items
+        assert self.duration is not None
+        arrivals = self.arrivals
+        burst = arrivals.burst
+        in_bursts = 0.0
+        if burst is not None:
+            assert burst.start is not None
+            if self.duration > burst.start:
+                periods, rest = divmod(self.duration - burst.start, burst.every)
+                in_bursts = periods * burst.length + min(rest, burst.length)
+        return arrivals.rate * (self.duration + in_bursts * (burst.factor - 1 if burst else 0))
 
 
 # -- policies as text ----------------------------------------------------------

@@ -18,7 +18,6 @@ process.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import random
@@ -101,21 +100,13 @@ def _arrival_times(
 def _keys(distribution: KeyDistribution, rng: random.Random, n: int) -> array[int]:
     if distribution.distribution == "single":
         return array("q", bytes(8 * n))
-    population = range(distribution.count)
     if distribution.distribution == "uniform":
         return array("q", (rng.randrange(distribution.count) for _ in range(n)))
     assert distribution.exponent is not None
     s = distribution.exponent
-    cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** s for rank in population))
-    total = cumulative[-1]
-    # random.choices would do, but bisect makes the draw explicit and stable.
-    return array(
-        "q",
-        (
-            min(bisect.bisect_right(cumulative, rng.random() * total), distribution.count - 1)
-            for _ in range(n)
-        ),
-    )
+    population = range(distribution.count)
+    weights = itertools.accumulate(1.0 / (rank + 1) ** s for rank in population)
+    return array("q", rng.choices(population, cum_weights=list(weights), k=n))
 
 
 def _timeouts(timeouts: Timeouts | None, rng: random.Random, n: int) -> array[float]:
