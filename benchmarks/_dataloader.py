@@ -104,7 +104,8 @@ class DataLoaderResult:
     def lines(self) -> list[str]:
         met = ""
         if self.target is not None:
-            met = f"   target >= {self.target:g}x: {'met' if self.speedup >= self.target else 'NOT met'}"
+            verdict = "met" if self.speedup >= self.target else "NOT met"
+            met = f"   target >= {self.target:g}x: {verdict}"
         return [
             f"({self.workload}) {self.title}",
             f"    {self.baseline:<36} {self.baseline_us:>8.2f} µs/call",
@@ -203,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_submit_many(repeat=repeat),
     ]
     print(
-        f"trio_batch DataLoader workloads: CPython {sys.version.split()[0]}, trio {trio.__version__}"
+        f"trio_batch DataLoader workloads: CPython {sys.version.split()[0]}, "
+        f"trio {trio.__version__}"
     )
     print(f"median of {repeat} interleaved repetitions; ratio = baseline time / contender time")
     for result in results:
