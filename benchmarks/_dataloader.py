@@ -7,11 +7,10 @@ per-repetition ratios (as the main suite does):
 (f) *50% duplicates*: 1,000 closed-loop clients; in every round, client ``j``
     asks for item ``j // 2``, so each item is wanted by two concurrent callers.
     ``dedupe=True`` against ``dedupe=False``, same policy (``Immediate``), same
-    batch size. ``process`` does a fixed amount of work per input (it builds
-    and serializes a small row, about what turning a database row into a
-    response costs), so sending half the inputs saves real work; the cost per
-    *call* is compared. A no-op ``process`` is measured too, to show what
-    deduplication itself costs when ``process`` is free.
+    batch size. ``process`` spends 10 µs of CPU per input (a stand-in for
+    fetching and encoding a row), so sending half the inputs saves real work;
+    the cost per *call* is compared. A no-op ``process`` is measured too (f0),
+    to show what deduplication itself costs when ``process`` is free.
 (g) *submit_many*: one caller with 1,000 items against 1,000 concurrent
     callers with one item each (every one in its own task, started together),
     same batcher settings; the time per item is compared.
@@ -43,9 +42,17 @@ async def _noop(key: int, inputs: list[int]) -> list[int]:
     return inputs
 
 
+#: CPU seconds ``_rows`` spends per input.
+ROW_SECONDS = 10e-6
+
+
 async def _rows(key: int, inputs: list[int]) -> list[str]:
-    # A fixed amount of work per input: build and serialize a small row.
-    return [json.dumps({"id": x, "name": f"user {x}", "groups": [x, x + 1, x + 2]}) for x in inputs]
+    # A fixed amount of CPU work per input, a stand-in for fetching and encoding
+    # a row: 10 µs each (a busy wait, so it does not depend on the data).
+    end = perf_counter() + ROW_SECONDS * len(inputs)
+    while perf_counter() < end:
+        pass
+    return [json.dumps({"id": x}) for x in inputs]
 
 
 async def _duplicates_run(
@@ -151,7 +158,7 @@ def run_duplicates(
 
     plain, deduped, ratio = _compare(lambda: run(False), lambda: run(True), repeat)
     calls = clients * rounds
-    what = "no-op process" if noop else "process serializes a row per input"
+    what = "no-op process" if noop else "process spends 10 µs per input"
     return DataLoaderResult(
         workload="f" if not noop else "f0",
         title=(

@@ -696,7 +696,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         dispatch = self._dispatch
         entry: Any = waiter
         if self._sharing:
-            sharing = cast("SharingKeyState[I, Any]", state)
+            sharing: SharingKeyState[I, Any] = state  # type: ignore[assignment]
             slot = sharing.share(identity, waiter)
             if slot is not None:
                 # A sharer: the batch does not change, so nothing starts.

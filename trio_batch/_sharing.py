@@ -144,8 +144,10 @@ class SharingKeyState(KeyState[I, Slot[W]]):
 
     def unshare(self, batch: Batch[I, Slot[W]]) -> None:
         """Nobody may join ``batch`` any more (it ends, or was given up)."""
+        slots = self.slots
         for slot in batch.waiters:
-            self._forget(slot)
+            if slots.get(slot.identity) is slot:
+                del slots[slot.identity]
 
     def admit_shared(
         self, policy: Policy, limits: Limits
