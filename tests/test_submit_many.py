@@ -263,3 +263,12 @@ async def test_submit_many_from_another_run_is_refused() -> None:
             await batcher[0].submit_many("k", [1])
 
     await open_one()
+
+
+async def test_items_that_cannot_be_iterated_fail_the_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tb.open_batcher(Process()) as b:
+        with trio.testing.assert_checkpoints(), pytest.raises(TypeError):
+            await b.submit_many("k", 3)  # type: ignore[call-overload]
+        assert b.statistics().active_keys == 0

@@ -621,11 +621,16 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if trio.lowlevel.current_root_task() is not self._root:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
             raise RuntimeError(
                 f"batcher {self._name!r} belongs to another Trio run; a batcher can "
                 "only be used from the trio.run that opened it"
             )
-        items = list(items)
+        try:
+            items = list(items)
+        except BaseException:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
         group = Group(len(items))
         self._grouped = True
         waiters: list[_GroupItem] = []
