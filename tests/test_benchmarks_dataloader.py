@@ -29,7 +29,7 @@ def test_duplicates_workload_runs(noop: bool) -> None:
 
 
 def test_submit_many_workload_runs() -> None:
-    result = run_submit_many(items=50, batch=10, repeat=1)
+    result = run_submit_many(items=50, batch=10, repeat=1, loops=2)
     assert result.calls == 50
     assert result.speedup > 0
     assert "target >= 5x" in result.lines()[-1]

@@ -81,7 +81,7 @@ from ._errors import (
     ResourceAcquisitionFailed,
 )
 from ._key_state import STARTING, WAITING, Batch, KeyState
-from ._many import Group, outcome_of
+from ._many import Group
 from ._observe import (
     BatchFinished,
     BatchOutcome,
@@ -264,7 +264,14 @@ class _GroupItem(_Waiter):
         group: Group,
         index: int,
     ) -> None:
-        super().__init__(batcher, None, key, state)
+        # As _Waiter.__init__ (not called: this runs once per item).
+        self.batcher = batcher
+        self.task = None
+        self.key = key
+        self.state = state
+        self.batch = None
+        self.item_id = -1
+        self.accepted_at = 0.0
         self.group = group
         self.index = index
         self.deadline = math.inf
@@ -636,15 +643,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         waiters: list[_GroupItem] = []
         if self._phase is not _Phase.OPEN:
             for index in range(len(items)):
-                group.settle(
-                    index, outcome.Error(BatcherClosed(f"batcher {self._name!r} is closed"))
-                )
+                group.fail(index, BatcherClosed(f"batcher {self._name!r} is closed"))
         else:
             try:
                 self._keys.get(key)
             except TypeError:
                 for index in range(len(items)):
-                    group.settle(index, outcome.Error(self._unhashable_key(key)))
+                    group.fail(index, self._unhashable_key(key))
             else:
                 for index, item in enumerate(items):
                     self._place_grouped(key, item, group, index, waiters)
@@ -653,10 +658,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             await trio.lowlevel.wait_task_rescheduled(partial(self._withdraw_many, group, waiters))
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        results = group.results()
         if outcomes:
-            return results
-        return [result.unwrap() for result in results]
+            return group.outcomes()
+        return group.outputs()
 
     def _place_grouped(
         self, key: K, item: I, group: Group, index: int, waiters: list[_GroupItem]
@@ -669,14 +673,14 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 cache = self._cache
                 cached = _MISSING if cache is None else cache.get((key, identity), _MISSING)
             except Exception as exc:
-                group.settle(index, outcome.Error(exc))
+                group.fail(index, exc)
                 return
             if cached is not _MISSING:
                 if self._dispatch is not None:
                     self._dispatch.emit(
                         "cache_hit", CacheHit(self._name, key, new_id(), trio.current_time())
                     )
-                group.settle(index, outcome.Value(cached))
+                group.settle(index, cached)
                 return
         state = self._keys.get(key)
         if state is None:
@@ -684,7 +688,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         waiter = _GroupItem(self, key, state, group, index)
         placed = self._place(key, state, item, identity, waiter)
         if type(placed) is Rejected:
-            group.settle(index, outcome.Error(placed))
+            group.fail(index, placed)
         else:
             waiters.append(waiter)
 
@@ -1128,10 +1132,14 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             callers, outputs = waiters, result
         failed = deliver(callers, outputs)
         if self._grouped:
-            for index, waiter in enumerate(callers):
-                if type(waiter) is _GroupItem:
-                    output = outputs if type(outputs) is Failure else outputs[index]
-                    waiter.group.settle(waiter.index, outcome_of(output))
+            if type(outputs) is Failure:
+                for waiter in callers:
+                    if type(waiter) is _GroupItem:
+                        waiter.group.fail(waiter.index, outputs.new_error())
+            else:
+                for index, waiter in enumerate(callers):
+                    if type(waiter) is _GroupItem:
+                        waiter.group.settle_output(waiter.index, outputs[index])
         return callers, failed
 
     def _store(self, key: K, batch: Batch[I, Any], outputs: list[Any]) -> None:
@@ -1159,7 +1167,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         group.cancelled = True
         group.task = None
         for waiter in waiters:
-            if group.outcomes[waiter.index] is None:
+            if not group.settled(waiter.index):
                 self._withdraw(waiter)
         return trio.lowlevel.Abort.SUCCEEDED
 
