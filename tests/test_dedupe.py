@@ -413,3 +413,51 @@ async def test_sharers_in_batch_events_each_keep_their_own_id(
 def test_dedupe_must_be_a_bool_or_a_function() -> None:
     with pytest.raises(TypeError, match=r"^dedupe must be True, False or a function"):
         tb.open_batcher(Process(), dedupe="yes")  # type: ignore[call-overload]
+
+
+async def test_a_shared_input_counts_once_toward_max_batch_cost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    process = Process()
+    costed: list[int] = []
+
+    def cost(item: int) -> int:
+        costed.append(item)
+        return item
+
+    limits = tb.Limits(max_batch_size=10, max_batch_cost=5)
+    async with trio.open_nursery() as nursery:
+        async with tb.open_batcher(
+            process, dedupe=True, cost=cost, policy=tb.Size(), limits=limits
+        ) as b:
+            results = await submit_all(nursery, b, "k", [3, 3, 3, 2, 2, 1])
+            await trio.testing.wait_all_tasks_blocked()
+            # 3 + 2 fills the cost bound once, whatever the sharers: it started.
+            assert b.statistics().processing_batches == 1
+    assert [(inputs, start) for _, inputs, start in process.calls] == [([3, 2], 0.0), ([1], 0.0)]
+    # cost is called once per input, never for a sharer.
+    assert costed == [3, 2, 1]
+    assert [r.unwrap() for r in results] == ["k:3", "k:3", "k:3", "k:2", "k:2", "k:1"]
+
+
+async def test_submit_many_with_costs_and_dedupe(autojump_clock: trio.testing.MockClock) -> None:
+    process = Process()
+
+    def cost(item: int) -> int:
+        if item < 0:
+            raise ValueError("negative item")
+        return item
+
+    limits = tb.Limits(max_batch_cost=4)
+    async with tb.open_batcher(process, dedupe=True, cost=cost, limits=limits) as b:
+        results = await b.submit_many("k", [2, 2, 9, -1, 2, 1], outcomes=True)
+    summary = [r.value if isinstance(r, outcome.Value) else type(r.error) for r in results]  # type: ignore[attr-defined]
+    assert summary == [
+        "k:2",
+        "k:2",
+        tb.Rejected,  # costs more than max_batch_cost on its own
+        ValueError,
+        "k:2",
+        "k:1",
+    ]
+    assert [inputs for _, inputs, _ in process.calls] == [[2, 1]]

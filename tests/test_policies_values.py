@@ -87,6 +87,87 @@ def test_limits_equal_and_hashable_by_value() -> None:
     assert len({tb.Limits(), tb.Limits(), tb.Limits(max_batch_size=1)}) == 2
 
 
+# --- Limits: cost bound (issue 14) -------------------------------------------
+
+
+def test_limits_cost_defaults() -> None:
+    # No cost bound and oversize items rejected, unless asked otherwise.
+    limits = tb.Limits()
+    assert limits.max_batch_cost is None
+    assert limits.oversize is tb.Oversize.REJECT
+
+
+def test_oversize_members() -> None:
+    assert {m.name for m in tb.Oversize} == {"REJECT", "ALONE"}
+    assert len(tb.Oversize) == 2
+    assert tb.Oversize.__module__ == "trio_batch"
+    assert "Oversize" in tb.__all__
+
+
+@pytest.mark.parametrize("value", [1, 4096, 0.5, 2.5, 1e-9, 10**30])
+def test_limits_max_batch_cost_accepts_finite_positive_numbers(value: float) -> None:
+    limits = tb.Limits(max_batch_cost=value)
+    assert limits.max_batch_cost == value
+    assert type(limits.max_batch_cost) is type(value)  # kept as given, not converted
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, -math.inf])
+def test_limits_max_batch_cost_not_positive_is_a_value_error(value: float) -> None:
+    with pytest.raises(
+        ValueError, match=rf"^max_batch_cost must be a finite number > 0, got {value!r}$"
+    ):
+        tb.Limits(max_batch_cost=value)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_limits_max_batch_cost_not_finite_is_a_value_error(value: float) -> None:
+    with pytest.raises(
+        ValueError, match=rf"^max_batch_cost must be a finite number > 0, got {value!r}$"
+    ):
+        tb.Limits(max_batch_cost=value)
+
+
+@pytest.mark.parametrize("value", [True, False, "10", b"10", [10], object()])
+def test_limits_max_batch_cost_not_a_number_is_a_type_error(value: object) -> None:
+    # bool is an int to Python, but not a number here.
+    limits_cls: Any = tb.Limits
+    with pytest.raises(TypeError, match=r"^max_batch_cost must be None or a number, got "):
+        limits_cls(max_batch_cost=value)
+
+
+@pytest.mark.parametrize("value", ["alone", "REJECT", None, 1, tb.Overflow.REJECT])
+def test_limits_oversize_must_be_an_oversize(value: object) -> None:
+    limits_cls: Any = tb.Limits
+    with pytest.raises(TypeError, match=r"oversize"):
+        limits_cls(oversize=value)
+
+
+def test_limits_oversize_alone_is_kept() -> None:
+    limits = tb.Limits(max_batch_cost=10, oversize=tb.Oversize.ALONE)
+    assert limits.oversize is tb.Oversize.ALONE
+    assert limits.max_batch_cost == 10
+
+
+def test_limits_cost_fields_are_values() -> None:
+    a = tb.Limits(max_batch_cost=10)
+    assert a == tb.Limits(max_batch_cost=10)
+    assert a != tb.Limits(max_batch_cost=11)
+    assert a != tb.Limits(max_batch_cost=10, oversize=tb.Oversize.ALONE)
+    assert hash(a) == hash(tb.Limits(max_batch_cost=10))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        a.max_batch_cost = 5  # type: ignore[misc]
+    # evolve re-validates, as for every other field.
+    assert attrs.evolve(a, max_batch_cost=2.5).max_batch_cost == 2.5
+    with pytest.raises(ValueError, match=r"^max_batch_cost must be a finite number > 0"):
+        attrs.evolve(a, max_batch_cost=-1)
+
+
+def test_limits_cost_fields_are_keyword_only() -> None:
+    limits_cls: Any = tb.Limits
+    with pytest.raises(TypeError):
+        limits_cls(100, 10, 20, tb.Overflow.REJECT, 4096)
+
+
 # --- Policies ---------------------------------------------------------------
 
 

@@ -1508,3 +1508,280 @@ def test_dedupe_cache_and_cancel_abandoned_under_load(
                 # Only successful outputs of batches that succeeded.
                 assert value == (key, ident)
                 assert (key, ident) in succeeded
+
+
+# --------------------------------------------------------------------------------------
+# Costs (issue 14): a script of its own, checked with the rules that costs add.
+#
+# Items carry drawn costs (integers, floats, 0, oversize ones), and some cost
+# functions raise or return what is not a cost; max_batch_cost, oversize and
+# overflow are drawn. Checked in every example: every process call is within the
+# bound or is one oversize item with Oversize.ALONE; within a key, items are
+# processed in submit order; each submit has exactly one outcome, its own; cost()
+# is called exactly once per submit; a raising cost gives its caller that very
+# exception and an invalid one TypeError/ValueError naming the batcher and the
+# value, and neither touches any other caller; oversize with REJECT is Rejected;
+# at settle points queued_cost is the total cost of the queued items.
+
+
+class CostBoom(Exception):
+    """What a cost function raises for an item marked to raise."""
+
+
+#: Cost specs: a cost, or "raise", or a value that is not a cost.
+COST_VALUES: list[object] = [0, 0.5, 1, 2, 2.5, 3, 4, 7, 12, 0.1, 0.2]
+BAD_COSTS: list[object] = ["raise", -1, math.nan, math.inf, True, "3", None]
+
+
+@dataclass(frozen=True)
+class CostSubmit:
+    key: str
+    cost: object
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class CostBurst:
+    """Callers of ``key`` with these costs, spawned at once (fills queues)."""
+
+    key: str
+    costs: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class CostScenario:
+    policy: tb.Policy
+    limits: tb.Limits
+    process_delay: float
+    script: tuple[CostSubmit | CostBurst | Sleep | CancelCaller | Settle, ...]
+
+
+cost_submits = st.builds(
+    CostSubmit,
+    key=keys,
+    cost=st.one_of(
+        st.sampled_from(COST_VALUES), st.sampled_from(COST_VALUES), st.sampled_from(BAD_COSTS)
+    ),
+    timeout=st.sampled_from([None, None, None, 0.0, 0.5, 1.0]),
+)
+COST_SCRIPTS = st.lists(
+    st.one_of(
+        cost_submits,
+        cost_submits,
+        cost_submits,
+        st.builds(
+            CostBurst,
+            key=keys,
+            costs=st.lists(st.sampled_from(COST_VALUES), min_size=2, max_size=6).map(tuple),
+        ),
+        sleeps,
+        st.builds(CancelCaller, index=st.integers(0, 40)),
+        st.just(Settle()),
+    ),
+    min_size=4,
+    max_size=40,
+)
+
+
+@st.composite
+def cost_scenarios(draw: st.DrawFn) -> CostScenario:
+    limits = tb.Limits(
+        max_batch_size=draw(MAX_BATCH_SIZES),
+        max_key_concurrency=draw(st.integers(1, 3)),
+        max_batch_queue_size=draw(st.integers(1, 4)),
+        overflow=draw(st.sampled_from(tb.Overflow)),
+        max_batch_cost=draw(st.sampled_from([None, 0.3, 1, 2.5, 4, 10])),
+        oversize=draw(st.sampled_from(tb.Oversize)),
+    )
+    return CostScenario(
+        policy=draw(POLICIES[limits.max_batch_size]),
+        limits=limits,
+        process_delay=draw(st.sampled_from([0.0, 0.25, 1.0])),
+        script=tuple(draw(COST_SCRIPTS)),
+    )
+
+
+@dataclass
+class CostCaller:
+    index: int
+    key: str
+    cost: object
+    scope: trio.CancelScope
+    submit_seq: int = -1
+    cancel_seq: int | None = None
+    cost_calls: int = 0
+    raised: CostBoom | None = None
+    outcomes: list[tuple[str, object, int]] = field(default_factory=list)
+
+
+class CostRun:
+    def __init__(self, scenario: CostScenario) -> None:
+        self.sc = scenario
+        self._seq = itertools.count()
+        self.callers: list[CostCaller] = []
+        # (key, inputs, seq when process began)
+        self.calls: list[tuple[str, tuple[int, ...], int]] = []
+        self.settle_failures: list[str] = []
+        self.stats_after: tb.BatcherStatistics | None = None
+
+    def cost(self, item: int) -> Any:
+        caller = self.callers[item]
+        caller.cost_calls += 1
+        if caller.cost == "raise":
+            caller.raised = CostBoom(item)
+            raise caller.raised
+        return caller.cost
+
+    async def process(self, key: str, inputs: list[int]) -> list[Output]:
+        self.calls.append((key, tuple(inputs), next(self._seq)))
+        await trio.sleep(self.sc.process_delay)
+        return [(key, item) for item in inputs]
+
+    async def call_submit(self, batcher: Batcher, caller: CostCaller) -> None:
+        with caller.scope:
+            caller.submit_seq = next(self._seq)
+            try:
+                output = await batcher.submit(caller.key, caller.index)
+            except trio.Cancelled:
+                caller.outcomes.append(("cancelled", None, next(self._seq)))
+                raise
+            except Exception as exc:
+                caller.outcomes.append(("error", exc, next(self._seq)))
+            else:
+                caller.outcomes.append(("output", output, next(self._seq)))
+
+    def check_settled(self, batcher: Batcher) -> None:
+        stats = batcher.statistics()
+        if stats.waiting_submits:
+            return  # which pending callers are queued is not known then
+        processed = {item for _, inputs, _ in self.calls for item in inputs}
+        queued = [
+            c
+            for c in self.callers
+            if c.submit_seq >= 0 and not c.outcomes and c.index not in processed
+        ]
+        expected = sum(cast(float, c.cost) for c in queued)
+        if stats.queued_items != len(queued) or not math.isclose(
+            stats.queued_cost, expected, abs_tol=1e-9
+        ):
+            self.settle_failures.append(
+                f"statistics {stats}: expected {len(queued)} items of cost {expected} queued"
+            )
+
+    async def main(self) -> None:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            async with trio.open_nursery() as nursery:
+                async with tb.open_batcher(
+                    self.process,
+                    policy=self.sc.policy,
+                    limits=self.sc.limits,
+                    name="cost-property",
+                    cost=self.cost,
+                ) as batcher:
+                    for op in self.sc.script:
+                        match op:
+                            case CostSubmit(key, cost, timeout):
+                                deadline = math.inf if timeout is None else trio.current_time()
+                                scope = trio.CancelScope(
+                                    deadline=deadline if timeout is None else deadline + timeout
+                                )
+                                caller = CostCaller(len(self.callers), key, cost, scope)
+                                self.callers.append(caller)
+                                nursery.start_soon(self.call_submit, batcher, caller)
+                            case CostBurst(key, costs):
+                                for cost in costs:
+                                    caller = CostCaller(
+                                        len(self.callers), key, cost, trio.CancelScope()
+                                    )
+                                    self.callers.append(caller)
+                                    nursery.start_soon(self.call_submit, batcher, caller)
+                            case Sleep(seconds):
+                                await trio.sleep(seconds)
+                            case CancelCaller(index):
+                                if self.callers:
+                                    caller = self.callers[index % len(self.callers)]
+                                    if caller.cancel_seq is None:
+                                        caller.cancel_seq = next(self._seq)
+                                    caller.scope.cancel()
+                            case Settle():
+                                await trio.testing.wait_all_tasks_blocked()
+                                self.check_settled(batcher)
+                    # Every caller submits before the body ends (no BatcherClosed).
+                    await trio.testing.wait_all_tasks_blocked()
+                self.stats_after = batcher.statistics()
+
+
+def check_costs(run: CostRun) -> None:
+    limits = run.sc.limits
+    bound = limits.max_batch_cost
+    assert not run.settle_failures, run.settle_failures
+    assert run.stats_after == tb.BatcherStatistics(0, 0, 0, 0, 0)
+    by_index = {c.index: c for c in run.callers}
+    processed_in: dict[int, tuple[str, tuple[int, ...], int]] = {}
+    for process_call in run.calls:
+        key, inputs, _ = process_call
+        assert 1 <= len(inputs) <= limits.max_batch_size
+        costs = [cast(float, by_index[item].cost) for item in inputs]
+        total = sum(costs)
+        if bound is not None and total > bound + 1e-9:
+            assert limits.oversize is tb.Oversize.ALONE, f"batch {inputs} of cost {total}"
+            assert len(inputs) == 1, f"batch {inputs} of cost {total} > {bound}, not alone"
+            assert costs[0] > bound
+        for item in inputs:
+            assert item not in processed_in, f"item {item} processed twice"
+            assert by_index[item].key == key
+            processed_in[item] = process_call
+    # FIFO within a key: processed in submit order.
+    for key in KEYS:
+        order = [item for k, inputs, _ in run.calls if k == key for item in inputs]
+        seqs = [by_index[item].submit_seq for item in order]
+        assert seqs == sorted(seqs), f"key {key!r}: processed out of submit order: {order}"
+    for caller in run.callers:
+        assert len(caller.outcomes) == 1, f"caller {caller.index}: {caller.outcomes}"
+        kind, value, _ = caller.outcomes[0]
+        what = f"caller {caller.index} (cost {caller.cost!r}) got {value!r}"
+        call = processed_in.get(caller.index)
+        if kind == "cancelled":
+            assert caller.scope.cancelled_caught, what
+            # Exactly once if it reached cost(); not at all if cancelled before.
+            assert caller.cost_calls <= 1, what
+            if call is not None and caller.cancel_seq is not None:
+                assert caller.cancel_seq > call[2], f"{what}: processed after its cancel"
+            continue
+        assert caller.cost_calls == 1, f"{what}: cost() called {caller.cost_calls} times"
+        cost = caller.cost
+        if cost == "raise":
+            assert value is caller.raised, f"{what}: not the cost function's own exception"
+            assert call is None, what
+            continue
+        if type(cost) is not int and type(cost) is not float:
+            expected: type[Exception] | None = TypeError  # bool, str, None
+        elif not 0 <= cost < math.inf:
+            expected = ValueError  # negative, NaN, infinite
+        else:
+            expected = None
+        if expected is not None:
+            assert type(value) is expected, what
+            assert "cost-property" in str(value), what
+            assert call is None, what
+            continue
+        assert isinstance(cost, int | float)
+        oversize = bound is not None and cost > bound
+        if kind == "output":
+            assert value == (caller.key, caller.index), what
+            assert call is not None, what
+            continue
+        assert isinstance(value, tb.Rejected), what
+        assert call is None, what
+        if oversize and limits.oversize is tb.Oversize.REJECT:
+            assert "more than max_batch_cost" in str(value), what
+        else:
+            assert limits.overflow is tb.Overflow.REJECT, f"{what}: rejected with Overflow.WAIT"
+
+
+@settings(max_examples=max(200, MAX_EXAMPLES // 5), deadline=None)
+@given(scenario=cost_scenarios())
+def test_batcher_properties_with_costs(scenario: CostScenario) -> None:
+    run = CostRun(scenario)
+    trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    check_costs(run)

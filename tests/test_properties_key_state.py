@@ -6,6 +6,13 @@ withdrawal, drain), begins and finishes started batches in any order, withdraws
 and abandons callers, and advances a fake clock for Duration timers. After every
 step it checks the spec's invariants, including liveness: no batch that the policy
 would start is left waiting while a slot is free.
+
+Half the examples play a batcher with a cost function (issue 14): items carry
+drawn costs (integers and floats, some oversize), and ``max_batch_cost`` and
+``oversize`` are drawn. The machine then checks the cost bound, that an item
+joins the newest batch exactly when it fits by count and by cost, the meaning
+of "full" (including an item that did not fit closing the batch), and that
+waiters for room are admitted first come, first served whatever their cost.
 """
 
 from __future__ import annotations
@@ -25,9 +32,23 @@ from tutil import EXAMPLE_SCALE, policies, rejects_when_full
 
 import trio_batch as tb
 from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
+from trio_batch._policies import is_oversize
 
 Item = int
 KeyBatch = Batch[Item, Item]
+
+#: Costs an item may have: integers and floats (0.1 + 0.2 > 0.3 in binary
+#: floating point), 0, and more than any drawn max_batch_cost (oversize).
+COSTS = [0, 0.1, 0.2, 0.5, 1, 2, 2.5, 3, 6]
+MAX_COSTS = [None, 0.3, 1, 2.5, 3, 4]
+
+
+def total(costs: list[float]) -> float:
+    """A batch's cost: its items' costs added in arrival order."""
+    result: float = 0
+    for cost in costs:
+        result += cost
+    return result
 
 
 DELAYS = st.sampled_from([0.0, 1.0, 2.5])
@@ -51,8 +72,12 @@ class KeyStateMachine(RuleBasedStateMachine):
         # Overflow.WAIT: items that waited for room, in the order they arrived.
         self.waited: list[Item] = []
         self.admitted: list[Item] = []
-        # The model's own record of batches that have held max_batch_size items.
+        # The model's own record of batches that have been full.
         self.been_full: set[int] = set()
+        # Costs (with a cost function): each item's, and how many oversize
+        # items were rejected before reaching the queue.
+        self.cost_of: dict[Item, float] = {}
+        self.rejected_oversize = 0
 
     @initialize(data=st.data())
     def configure(self, data: st.DataObject) -> None:
@@ -63,10 +88,17 @@ class KeyStateMachine(RuleBasedStateMachine):
                 max_key_concurrency=st.integers(1, 3),
                 max_batch_queue_size=st.integers(1, 4),
                 overflow=st.sampled_from(list(tb.Overflow)),
+                max_batch_cost=st.sampled_from(MAX_COSTS),
+                oversize=st.sampled_from(list(tb.Oversize)),
             ),
             label="limits",
         )
         self.policy = data.draw(policies(self.limits.max_batch_size, delays=DELAYS), label="policy")
+        # With a cost function or without (then max_batch_cost must be None,
+        # which open_batcher enforces).
+        self.costed = self.limits.max_batch_cost is not None or data.draw(
+            st.booleans(), label="costed"
+        )
 
     # -- the batcher's side -------------------------------------------------
 
@@ -104,13 +136,42 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     def admit(self) -> None:
         """What the batcher does after every change that can make room."""
-        for waiter, batch in self.state.admit(self.policy, self.limits):
+        admitted = self.state.admit(self.policy, self.limits)
+        # First the model's record of what is full now (admission is one
+        # synchronous step, so the batcher sees its end state when it starts
+        # batches): a waiter that needed a new batch closed the one before it,
+        # and a head that still finds no room closed the newest batch (by
+        # count it already was full).
+        queue = self.queue()
+        for _, batch in admitted:
+            if batch not in self.batches:
+                position = queue.index(batch)
+                if position:
+                    self.been_full.add(id(queue[position - 1]))
+        if self.state.overflow:
+            self.been_full.add(id(queue[-1]))
+        for waiter, batch in admitted:
             self.admitted.append(waiter)
             self.after_add(waiter, batch)
+        # A batch closed by a waiter may be ready now.
+        self.run_policy()
+
+    def fits(self, batch: KeyBatch | None, cost: float) -> bool:
+        """The spec: an item joins the newest batch iff it has room by count and cost."""
+        if batch is None or batch.size >= self.limits.max_batch_size:
+            return False
+        bound = self.limits.max_batch_cost
+        if not self.costed or bound is None:
+            return True
+        # A batch whose cost equals the bound takes nothing more, not even 0.
+        return batch.cost < bound and batch.cost + cost <= bound
 
     def after_add(self, item: Item, batch: KeyBatch) -> None:
         self.submitted.append(item)
         if batch.size == self.limits.max_batch_size:
+            self.been_full.add(id(batch))
+        bound = self.limits.max_batch_cost
+        if bound is not None and batch.cost >= bound:
             self.been_full.add(id(batch))
         if batch not in self.batches:
             self.batches.append(batch)
@@ -122,17 +183,78 @@ class KeyStateMachine(RuleBasedStateMachine):
     # -- rules ------------------------------------------------------------------
 
     @precondition(lambda self: not self.draining)
-    @rule(n=st.integers(1, 4))
-    def submit(self, n: int) -> None:
+    @rule(costs=st.lists(st.sampled_from(COSTS), min_size=1, max_size=4))
+    def submit(self, costs: list[float]) -> None:
         # Several arrivals in one step: queues build up within few steps.
-        for _ in range(n):
-            self.submit_one()
+        for cost in costs:
+            if self.costed:
+                self.submit_costed(cost)
+            else:
+                self.submit_one()
+
+    def submit_costed(self, cost: float) -> None:
+        bound = self.limits.max_batch_cost
+        oversize = bound is not None and cost > bound
+        assert is_oversize(cost, self.limits) == oversize
+        if oversize and self.limits.oversize is tb.Oversize.REJECT:
+            # Rejected by the batcher before it reaches the key: nothing changes.
+            self.rejected_oversize += 1
+            return
+        item = next(self.ids)
+        self.cost_of[item] = cost
+        if self.state.overflow:
+            # Waiters for room are ahead, whatever their cost: join the line.
+            self.state.overflow.append((item, item, cost))
+            self.waited.append(item)
+            return
+        queue_before = self.queue()
+        newest = queue_before[-1] if queue_before else None
+        filled_before = None if newest is None else newest.filled
+        fits = self.fits(newest, cost)
+        batch = self.state.add_costed(item, item, cost, self.policy, self.limits)
+        if batch is None:
+            # No room only when a new batch was needed and none may be opened.
+            assert newest is not None
+            assert not fits
+            assert (
+                rejects_when_full(self.policy)
+                or len(queue_before) >= self.limits.max_batch_queue_size
+            )
+            assert self.queue() == queue_before
+            if self.limits.overflow is tb.Overflow.WAIT:
+                # It goes on to wait: it closed the batch it did not fit.
+                assert newest.filled
+                self.been_full.add(id(newest))
+                self.state.overflow.append((item, item, cost))
+                self.waited.append(item)
+                self.run_policy()
+            else:
+                # A rejected item changes nothing.
+                assert newest.filled == filled_before
+                del self.cost_of[item]
+            return
+        if fits:
+            assert batch is newest, "the item did not join the newest batch it fits"
+        else:
+            assert batch not in queue_before, "an item joined a batch it does not fit"
+            assert batch.size == 1
+            if newest is not None:
+                # It went on to open a new batch: it closed the one it did not fit.
+                assert newest.filled
+                self.been_full.add(id(newest))
+        if oversize:
+            assert batch.size == 1, "an oversize item is not alone"
+            assert batch.filled, "an oversize item's batch does not count as full"
+            self.been_full.add(id(batch))
+        self.after_add(item, batch)
+        if newest is not None and not fits and newest.state == WAITING:
+            self.run_policy()  # the closed batch may be ready
 
     def submit_one(self) -> None:
         item = next(self.ids)
         if self.state.overflow:
             # Waiters for room are ahead: a newcomer joins the end of that line.
-            self.state.overflow.append((item, item))
+            self.state.overflow.append((item, item, None))
             self.waited.append(item)
             return
         queue_before = self.queue()
@@ -148,7 +270,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             )
             assert self.queue() == queue_before
             if self.limits.overflow is tb.Overflow.WAIT:
-                self.state.overflow.append((item, item))
+                self.state.overflow.append((item, item, None))
                 self.waited.append(item)
             return
         if newest is None or newest_full:
@@ -173,16 +295,20 @@ class KeyStateMachine(RuleBasedStateMachine):
         assert self.state.begin_processing(batch)
         assert batch.state == PROCESSING
         assert 0 < batch.size <= self.limits.max_batch_size
+        self.check_cost(batch)
         self.processed.append(list(batch.inputs))
         self.admit()
 
     @precondition(lambda self: bool(self.state.overflow))
     @rule(data=st.data())
     def cancel_waiter(self, data: st.DataObject) -> None:
-        item, waiter = data.draw(st.sampled_from(list(self.state.overflow)))
-        self.state.leave_overflow(waiter)
-        assert all(queued is not waiter for _, queued in self.state.overflow)
+        item, waiter, _ = data.draw(st.sampled_from(list(self.state.overflow)))
+        was_first = self.state.leave_overflow(waiter)
+        assert all(queued is not waiter for _, queued, _ in self.state.overflow)
         self.waited.remove(item)
+        if was_first:
+            # With costs, the next waiter may fit where the one that left did not.
+            self.admit()
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
@@ -229,6 +355,20 @@ class KeyStateMachine(RuleBasedStateMachine):
 
     # -- invariants -------------------------------------------------------------
 
+    def check_cost(self, batch: KeyBatch) -> None:
+        """A batch's cost is its items' total, and within the bound unless alone."""
+        if not self.costed:
+            assert batch.cost == 0
+            assert batch.costs == []
+            return
+        costs = [self.cost_of[item] for item in batch.inputs]
+        assert batch.costs == costs
+        assert batch.cost == total(costs)
+        bound = self.limits.max_batch_cost
+        if bound is not None and batch.cost > bound:
+            assert self.limits.oversize is tb.Oversize.ALONE
+            assert batch.size == 1, "over the bound, and not a lone oversize item"
+
     @invariant()
     def limits_hold(self) -> None:
         state = self.state
@@ -236,6 +376,16 @@ class KeyStateMachine(RuleBasedStateMachine):
         assert len(state.starting) <= state.started <= self.limits.max_key_concurrency
         for batch in self.queue():
             assert 0 < batch.size <= self.limits.max_batch_size
+            self.check_cost(batch)
+        assert state.queued_cost() == sum(b.cost for b in self.queue())
+
+    @invariant()
+    def full_has_one_meaning(self) -> None:
+        # "Full" is exactly the model's record: max_batch_size items, cost equal
+        # to the bound, closed by an item that did not fit, or alone.
+        for batch in self.batches:
+            if batch.state in (WAITING, STARTING):
+                assert batch.filled == (id(batch) in self.been_full), batch
 
     @invariant()
     def started_count_is_exact(self) -> None:
@@ -301,11 +451,14 @@ class KeyStateMachine(RuleBasedStateMachine):
             i for i in self.waited if i not in set(self.admitted)
         ]
         if overflow:
-            # The head has no room: the newest queued batch is full, and the
-            # queue is full too (or a full batch rejects newcomers).
+            # The head has no room: the newest queued batch is full, or does
+            # not fit its cost, and the queue is full too (or a full batch
+            # rejects newcomers).
             queue = self.queue()
             assert queue
-            assert queue[-1].size >= self.limits.max_batch_size
+            head = overflow[0]
+            assert not self.fits(queue[-1], head[2] or 0)
+            assert queue[-1].filled
             assert rejects_when_full(self.policy) or len(queue) >= self.limits.max_batch_queue_size
 
     @invariant()
@@ -359,6 +512,8 @@ class SharingMachine(RuleBasedStateMachine):
                 max_key_concurrency=st.integers(1, 2),
                 max_batch_queue_size=st.integers(1, 3),
                 overflow=st.sampled_from(list(tb.Overflow)),
+                # With a cost bound, each input costs (identity % 3) + 1.
+                max_batch_cost=st.none() | st.integers(3, 6),
             ),
             label="limits",
         )
@@ -395,12 +550,16 @@ class SharingMachine(RuleBasedStateMachine):
             return
         assert not unfinished
         own = Slot(identity, caller)
-        batch = (
-            None if self.state.overflow else self.state.add(identity, own, self.policy, self.limits)
-        )
+        cost = None if self.limits.max_batch_cost is None else identity % 3 + 1
+        if self.state.overflow:
+            batch = None
+        elif cost is None:
+            batch = self.state.add(identity, own, self.policy, self.limits)
+        else:
+            batch = self.state.add_costed(identity, own, cost, self.policy, self.limits)
         if batch is None:
             if self.limits.overflow is tb.Overflow.WAIT:
-                self.state.overflow.append((identity, own))
+                self.state.overflow.append((identity, own, cost))
             return
         assert own.batch is not None
         assert own.batch is batch
@@ -439,7 +598,7 @@ class SharingMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.state.overflow))
     @rule(data=st.data())
     def cancel_waiter(self, data: st.DataObject) -> None:
-        _, slot = data.draw(st.sampled_from(list(self.state.overflow)))
+        _, slot, _ = data.draw(st.sampled_from(list(self.state.overflow)))
         self.state.leave_overflow(slot)
 
     @precondition(lambda self: bool(self.state.starting))
@@ -476,9 +635,14 @@ class SharingMachine(RuleBasedStateMachine):
     def shared_slots_count_once(self) -> None:
         state = self.state
         assert len(state.starting) + len(state.waiting) <= self.limits.max_batch_queue_size
+        max_cost = self.limits.max_batch_cost
         for batch in self.queue():
             assert 0 < batch.size <= self.limits.max_batch_size
             assert batch.size == len(batch.waiters)
+            if max_cost is not None:
+                # A shared input costs once: its first item's cost.
+                assert batch.cost == sum(identity % 3 + 1 for identity in batch.inputs)
+                assert batch.cost <= max_cost
             for slot in batch.waiters:
                 # A slot in a batch not yet processing has a member.
                 assert slot.members

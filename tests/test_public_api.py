@@ -84,7 +84,8 @@ def test_batcher_has_one_construction_path() -> None:
         "limits",
         "name",
         "observers",
+        "cost",
         *options,
     ]
-    for name in ["acquire", "policy", "limits", "name", "observers", *options]:
+    for name in ["acquire", "policy", "limits", "name", "observers", "cost", *options]:
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

@@ -53,6 +53,7 @@ import enum
 import inspect
 import logging
 import math
+import numbers
 import reprlib
 from collections.abc import (
     AsyncIterator,
@@ -102,6 +103,7 @@ from ._outcomes import (
     deliver,
     describe,
     read_outputs,
+    safe_repr,
 )
 from ._policies import (
     POLICY_TYPES,
@@ -109,9 +111,11 @@ from ._policies import (
     Immediate,
     Limits,
     Overflow,
+    Oversize,
     Policy,
     StartReason,
     check_compatible,
+    is_oversize,
     start_reason,
 )
 from ._runners import RunnerPool
@@ -169,6 +173,8 @@ class _Options:
     name: str
     #: None when unobserved.
     dispatch: Dispatch | None
+    #: None without a cost function.
+    cost: Callable[[Any], float] | None
     #: DataLoader's conveniences (issue 15).
     dedupe: bool | Callable[[Any], Hashable] = False
     cache: MutableMapping[Any, Any] | None = None
@@ -341,6 +347,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_cache",
         "_cancel_abandoned",
         "_context",
+        "_cost",
         "_deadline_margin",
         "_dispatch",
         "_grouped",
@@ -364,6 +371,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # The options, copied into slots of their own: the hot path reads them.
         self._process = options.process
         self._acquire = options.acquire
+        # None without a cost function: submit then never looks at costs.
+        self._cost = options.cost
         self._policy = policy = options.policy
         self._limits = limits = options.limits
         self._name = name = options.name
@@ -432,6 +441,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             queued_items=sum(state.queued_items() for state in states),
             processing_batches=sum(state.started for state in states),
             waiting_submits=sum(len(state.overflow) for state in states),
+            queued_cost=sum(state.queued_cost() for state in states),
         )
 
     def __repr__(self) -> str:
@@ -458,13 +468,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         :exc:`trio.Cancelled` at once. With ``Limits(overflow=Overflow.WAIT)``, a
         caller waiting for room that is cancelled leaves no trace.
 
+        With ``open_batcher(cost=...)``, ``cost(item)`` is called once, here, in
+        the caller's task, before the item is queued; the item joins the
+        newest batch of its key only if it fits by count and by cost.
+
         Returns:
             The output that ``process`` returned at this item's position (for an
             ``outcome.Value(v)`` output, ``v``).
 
         Raises:
-            Rejected: the key's queue is full (with ``Overflow.REJECT``); the item
-                was not queued.
+            Rejected: the key's queue is full (with ``Overflow.REJECT``), or the
+                item's cost alone exceeds ``max_batch_cost`` (with
+                ``Oversize.REJECT``); the item was not queued.
             BatchFailed: ``process`` (or releasing the resource) raised; the
                 exception is ``__cause__``.
             ItemFailed: ``process`` returned ``outcome.Error(exc)`` for this item;
@@ -475,7 +490,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 outputs, or something that cannot be read by position.
             BatcherClosed: the block has exited or is draining, or it was left
                 by an exception or cancellation while this item waited.
-            TypeError: ``key`` is not hashable.
+            TypeError: ``key`` is not hashable, or ``cost(item)`` returned
+                something that is not an ``int`` or ``float``; the item was not
+                queued.
+            ValueError: ``cost(item)`` returned a negative, NaN or infinite
+                number; the item was not queued.
+            Exception: whatever ``cost(item)`` raised, unchanged; the item was
+                not queued.
             RuntimeError: called from a Trio run other than the one that
                 opened the batcher.
         """
@@ -499,6 +520,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             raise TypeError(
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
+        if self._cost is not None:
+            return await self._submit_costed(key, item, state)
         if state is None:
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
@@ -511,7 +534,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             batch = state.add(item, waiter, self._policy, self._limits)
         if batch is None:
             if self._wait_for_room:
-                return await self._wait_for_room_in(key, state, item, task)
+                return await self._wait_for_room_in(key, state, item, task, None)
             self._forget_if_idle(key, state)
             if dispatch is not None:
                 dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
@@ -567,9 +590,14 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 return cached  # type: ignore[no-any-return]
         if state is None:
             state = self._keys[key] = self._new_state()
-        placed = self._place(
-            key, state, item, identity, _Waiter(self, trio.lowlevel.current_task(), key, state)
-        )
+        try:
+            placed = self._place(
+                key, state, item, identity, _Waiter(self, trio.lowlevel.current_task(), key, state)
+            )
+        except BaseException:
+            # cost(item) failed or rejected it: nothing was queued.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
         if type(placed) is Rejected:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise placed
@@ -686,7 +714,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if state is None:
             state = self._keys[key] = self._new_state()
         waiter = _GroupItem(self, key, state, group, index)
-        placed = self._place(key, state, item, identity, waiter)
+        try:
+            placed = self._place(key, state, item, identity, waiter)
+        except Exception as exc:
+            # cost(item) failed or rejected it: nothing was queued.
+            group.fail(index, exc)
+            return
         if type(placed) is Rejected:
             group.fail(index, placed)
         else:
@@ -700,7 +733,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         What :meth:`submit` does between checking its arguments and parking,
         for every caller that is not on the plain path. Returns the waiter to
         park (a new :class:`_RoomWaiter` for a single caller that must wait for
-        room), or the :exc:`Rejected` to raise.
+        room), or the :exc:`Rejected` to raise. With a cost function,
+        ``cost(item)`` is called for an item that brings its own input (never
+        for a sharer: a shared input counts once); whatever it raises
+        propagates, with nothing queued.
         """
         dispatch = self._dispatch
         entry: Any = waiter
@@ -714,11 +750,32 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 if dispatch is not None:
                     self._accepted(key, waiter, slot.members[0].item_id)
                 return waiter
+        cost: float | None = None
+        if self._cost is not None:
+            try:
+                cost = self._cost_of(key, item)
+            except BaseException:
+                self._forget_if_idle(key, state)
+                raise
+        if self._sharing:
             entry = waiter.slot = Slot(identity, waiter)
+        limits = self._limits
         # Waiters for room are ahead of this item (FIFO): it may not jump them.
-        batch = None if state.overflow else state.add(item, entry, self._policy, self._limits)
+        if state.overflow:
+            batch = None
+        elif cost is None:
+            batch = state.add(item, entry, self._policy, limits)
+        else:
+            batch = state.add_costed(item, entry, cost, self._policy, limits)
         if batch is None:
             if self._wait_for_room:
+                if (
+                    cost is not None
+                    and state.waiting
+                    and state.started < limits.max_key_concurrency
+                ):
+                    # It may have closed the newest batch (it counts as full now).
+                    self._start_batches(key, state, after_finish=False)
                 deadline = self._caller_deadline()
                 context = None if dispatch is None else contextvars.copy_context()
                 if type(waiter) is _GroupItem:
@@ -730,7 +787,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                     entry = waiter
                     if self._sharing:
                         entry = waiter.slot = Slot(identity, waiter)
-                state.overflow.append((item, entry))
+                state.overflow.append((item, entry, cost))
                 return waiter
             self._forget_if_idle(key, state)
             if dispatch is not None:
@@ -742,12 +799,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         waiter.batch = batch
         if dispatch is not None:
             self._accepted(key, waiter, None)
-        if batch.state == WAITING:
+        if cost is not None:
+            # As _submit_costed: the item's batch, or one it closed, may be ready.
+            if batch.state == WAITING and self._timers is not None:
+                self._set_timer(key, state, batch, self._caller_deadline())
+            if state.waiting and state.started < limits.max_key_concurrency:
+                self._start_batches(key, state, after_finish=False)
+        elif batch.state == WAITING:
             if self._timers is not None:
                 self._set_timer(key, state, batch, self._caller_deadline())
             if (
                 (batch.filled or not self._policy._fill_only_on_arrival)
-                and state.started < self._limits.max_key_concurrency
+                and state.started < limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
                 self._start_batches(key, state, after_finish=False)
@@ -766,7 +829,105 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
     def _unhashable_key(self, key: object) -> TypeError:
         return TypeError(f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}")
 
-    async def _wait_for_room_in(self, key: K, state: KeyState[I, Any], item: I, task: _Task) -> O:
+    def _cost_of(self, key: K, item: I) -> float:
+        """``cost(item)``, checked; nothing is queued here.
+
+        Raises:
+            Exception: whatever ``cost(item)`` raised, unchanged.
+            TypeError: it returned something that is not a real number.
+            ValueError: it returned a negative, NaN or infinite number.
+            Rejected: the item alone exceeds ``max_batch_cost`` with
+                ``Oversize.REJECT`` (observers see it rejected).
+        """
+        assert self._cost is not None
+        limits = self._limits
+        dispatch = self._dispatch
+        # The caller's own error propagates unchanged.
+        value: object = self._cost(item)
+        cost: float
+        if type(value) is int or type(value) is float:
+            cost = value
+        elif not isinstance(value, bool) and isinstance(value, numbers.Real):
+            # Another real number (numpy.int64, numpy.float32, an IntEnum): its
+            # value as a plain int or float.
+            cost = int(value) if isinstance(value, numbers.Integral) else float(value)
+        else:
+            raise TypeError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must "
+                f"return an int or a float (a bool is not a number here), got "
+                f"{type(value).__name__} {safe_repr(value)}; nothing was queued"
+            )
+        if not 0 <= cost < math.inf:  # NaN fails this too
+            raise ValueError(
+                f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
+                f"a finite number >= 0, got {cost!r}; nothing was queued"
+            )
+        if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            raise Rejected(
+                f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
+                f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
+                "not queued (Limits(oversize=Oversize.ALONE) gives such an item a "
+                "batch of its own)"
+            )
+        return cost
+
+    @trio.lowlevel.enable_ki_protection
+    async def _submit_costed(self, key: K, item: I, state: KeyState[I, _Waiter] | None) -> O:
+        """:meth:`submit` with a cost function, from the point where the key is known.
+
+        A separate path, so a batcher without one pays nothing for costs.
+        Protected from KeyboardInterrupt like :meth:`submit` (it changes the
+        key's queue); ``cost(item)`` runs here too, so it must be quick.
+        """
+        limits = self._limits
+        dispatch = self._dispatch
+        try:
+            cost = self._cost_of(key, item)
+        except BaseException:
+            # Nothing was queued.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        if state is None:
+            state = self._keys[key] = KeyState()
+        task = trio.lowlevel.current_task()
+        # Waiters for room are ahead of this item (FIFO): it may not jump them,
+        # however cheap it is.
+        if state.overflow:
+            batch = None
+        else:
+            waiter = _Waiter(self, task, key, state)
+            batch = state.add_costed(item, waiter, cost, self._policy, limits)
+        if batch is None:
+            if self._wait_for_room:
+                # It may have closed the newest batch (it counts as full now).
+                if state.waiting and state.started < limits.max_key_concurrency:
+                    self._start_batches(key, state, after_finish=False)
+                return await self._wait_for_room_in(key, state, item, task, cost)
+            self._forget_if_idle(key, state)
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise Rejected(
+                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
+                f"(max_batch_queue_size={limits.max_batch_queue_size})"
+            )
+        waiter.batch = batch
+        if dispatch is not None:
+            waiter.item_id = new_id()
+            waiter.accepted_at = now = trio.current_time()
+            dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
+        if batch.state == WAITING and self._timers is not None:
+            self._set_timer(key, state, batch, self._caller_deadline())
+        # The item's batch, or the batch it closed by not fitting, may be ready.
+        if state.waiting and state.started < limits.max_key_concurrency:
+            self._start_batches(key, state, after_finish=False)
+        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
+
+    async def _wait_for_room_in(
+        self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None
+    ) -> O:
         """Park a caller until its key has room (``Overflow.WAIT``)."""
         waiter = _RoomWaiter(
             self,
@@ -776,7 +937,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             self._caller_deadline(),
             None if self._dispatch is None else contextvars.copy_context(),
         )
-        state.overflow.append((item, waiter))
+        state.overflow.append((item, waiter, cost))
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     # -- parking: withdrawal and admission ---------------------------------------
@@ -786,9 +947,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """A parked caller was cancelled (its ``abort_fn``)."""
         key, state, batch = waiter.key, waiter.state, waiter.batch
         sharing = self._sharing
+        # What stands for the caller in the queue: its slot, when sharing.
+        entry: Any = waiter.slot if sharing else waiter
         if batch is None:
             # Still waiting for room: it leaves the line, and no trace.
-            state.leave_overflow(waiter.slot if sharing else waiter)
+            if state.leave_overflow(entry) and state.overflow and self._cost is not None:
+                # With costs, the next in line may fit where this one did not.
+                self._admit(key, state)
             self._forget_if_idle(key, state)
             return
         if batch.state > STARTING:
@@ -803,11 +968,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 "item_withdrawn",
                 ItemWithdrawn(self._name, key, waiter.item_id, now, now - waiter.accepted_at),
             )
-        entry: Any = waiter
-        if sharing:
-            entry = waiter.slot
-            if not cast("SharingKeyState[I, Any]", state).leave(entry, waiter):
-                return  # others still share the slot: the batch does not change
+        if sharing and not cast("SharingKeyState[I, Any]", state).leave(entry, waiter):
+            return  # others still share the slot: the batch does not change
         if state.withdraw(batch, entry):
             if self._timers is not None:
                 self._timers.cancel(batch)
@@ -856,6 +1018,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 if self._timers is not None:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
+        if self._cost is not None and state.overflow and state.waiting:
+            # The first still waiting may have closed the newest batch by not
+            # fitting it: that batch counts as full now.
+            self._start_batches(key, state, after_finish=False)
 
     def _forget_if_idle(self, key: K, state: KeyState[I, Any]) -> None:
         if state.is_idle() and self._keys.get(key) is state:
@@ -1212,6 +1378,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 run.reason,
                 tuple(waiter.item_id for waiter in self._callers(batch.waiters)),
                 run.started_at,
+                None if self._cost is None else batch.cost,
             ),
         )
 
@@ -1243,6 +1410,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 failed_items=failed_items,
                 abandoned=sum(map(_gave_up, waiters)) if processed else 0,
                 time=now,
+                cost=None if self._cost is None else (run.batch.cost if processed else 0),
             ),
         )
 
@@ -1292,7 +1460,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                     forget_slots(batch.waiters)
                 batch.waiters = []
                 batch.inputs = []
-            self._deliver([waiter for _, waiter in state.overflow], closed)
+            self._deliver([waiter for _, waiter, _ in state.overflow], closed)
             state.overflow.clear()
 
     def _close_untaken(self, run: _Run) -> None:
@@ -1355,6 +1523,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
     dedupe: bool | Callable[[I], Hashable] = ...,
     cache: MutableMapping[Any, Any] | None = ...,
     cancel_abandoned: bool = ...,
@@ -1370,6 +1539,7 @@ def open_batcher(
     limits: Limits = ...,
     name: str = ...,
     observers: Iterable[Observer] = ...,
+    cost: Callable[[I], float] | None = ...,
     dedupe: bool | Callable[[I], Hashable] = ...,
     cache: MutableMapping[Any, Any] | None = ...,
     cancel_abandoned: bool = ...,
@@ -1384,6 +1554,7 @@ def open_batcher(
     limits: Limits = Limits(),  # noqa: B008 - frozen value, safe to share
     name: str = "batcher",
     observers: Iterable[Observer] = (),
+    cost: Callable[[Any], float] | None = None,
     dedupe: bool | Callable[[Any], Hashable] = False,
     cache: MutableMapping[Any, Any] | None = None,
     cancel_abandoned: bool = False,
@@ -1414,6 +1585,22 @@ def open_batcher(
             (plain functions, not coroutines); each receives an event for every
             decision the batcher makes. With none (the default), observation
             costs nothing.
+        cost: optional ``(item) -> int | float``, the cost of an item (its
+            tokens, bytes, rows), called once per item inside
+            :meth:`~Batcher.submit`, in the caller's task, before the item is
+            queued; it is synchronous and should be quick (tokenize, measure).
+            It must return a finite ``int`` or ``float`` >= 0 (``bool`` is not
+            a number here; other real numbers, such as numpy's, are read as
+            an ``int`` or ``float``); if it raises, ``submit`` raises that
+            exception unchanged, and if it returns anything else, ``submit``
+            raises :exc:`TypeError` or :exc:`ValueError`; either way nothing is
+            queued and the batcher goes on. ``Limits(max_batch_cost=...)``
+            bounds a batch's total cost: an item joins the newest batch only
+            if it fits by count and by cost, and ``Limits(oversize=...)`` says
+            what happens to an item whose cost alone exceeds the bound.
+            Without ``max_batch_cost``, costs are only reported (observers,
+            :meth:`~Batcher.statistics`). ``None`` (the default): no costs,
+            at no cost.
         dedupe: ``True`` to let callers whose items are equal share one input
             of a batch, or a function ``(item) -> identity`` (e.g. ``lambda q:
             q.id``) to compare items by identity. An item whose identity is in
@@ -1449,7 +1636,8 @@ def open_batcher(
         TypeError: an argument has the wrong type (an observer hook that is an
             ``async def`` function included: hooks are synchronous).
         ValueError: ``policy`` cannot work within ``limits`` (``Balanced``
-            with ``min_size_hint > max_batch_size``).
+            with ``min_size_hint > max_batch_size``), or ``limits`` has a
+            ``max_batch_cost`` but there is no ``cost`` function.
     """
     if not callable(process):
         raise TypeError(f"process must be an async callable, got {process!r}")
@@ -1467,6 +1655,13 @@ def open_batcher(
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     check_compatible(policy, limits)
+    if cost is not None and not callable(cost):
+        raise TypeError(f"cost must be None or a callable (item) -> int | float, got {cost!r}")
+    if cost is None and limits.max_batch_cost is not None:
+        raise ValueError(
+            f"max_batch_cost={limits.max_batch_cost!r} needs a cost function: pass "
+            "open_batcher(cost=...), or leave max_batch_cost=None (there is nothing to bound)"
+        )
     if not isinstance(observers, Iterable):
         raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
     if not isinstance(dedupe, bool) and not callable(dedupe):
@@ -1482,7 +1677,7 @@ def open_batcher(
     observers = tuple(observers)
     dispatch = Dispatch(name, observers) if observers else None
     options = _Options(
-        process, acquire, policy, limits, name, dispatch, dedupe, cache, cancel_abandoned
+        process, acquire, policy, limits, name, dispatch, cost, dedupe, cache, cancel_abandoned
     )
     return _open(options)
 

@@ -11,8 +11,8 @@ Shape of a key::
     waiting:  deque of batches that have not started      (oldest first)
     starting: list of batches started but not processing  (oldest first)
     started:  number of started batches (starting + processing)
-    overflow: deque of (item, waiter) that found no room, with
-              Overflow.WAIT (oldest first)
+    overflow: deque of (item, waiter, cost) that found no room, with
+              Overflow.WAIT (oldest first); cost is None without a cost function
 
 The spec's *queue* is ``starting + waiting``: a batch leaves it when its
 ``process`` call begins (or it is dropped), not when it starts. Because batches
@@ -20,11 +20,27 @@ start in FIFO order, every started batch is older than every waiting one, so the
 newest batch in the queue is ``waiting[-1]`` if there is one, else
 ``starting[-1]``.
 
+Costs. A batcher with a cost function adds items with :meth:`KeyState.add_costed`
+(one without keeps :meth:`KeyState.add`, which does not look at costs at all, so
+it pays nothing for them). A batch then carries its items' costs and their
+total. An item joins the newest batch only if it fits by count *and* by cost
+(``batch.cost + cost <= max_batch_cost``; a batch whose cost already equals the
+bound takes nothing more, not even a cost of 0). An item that does not fit, and
+goes on to open a new batch or to wait for room, *closes* the batch it did not
+fit: that batch counts as full (``filled``), so a ``Size`` batch that no
+further item can join starts instead of waiting for a drain. An item that is
+rejected changes nothing. An oversize item (``Oversize.ALONE``) gets a batch of
+its own that counts as full. Rejected alternative: looking ahead for a later,
+cheaper item that would fit (bin packing); it would break arrival order, and a
+caller could not know whether its item is in the current batch.
+
 Invariants (checked by the state machine):
 
 * ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
 * ``len(starting) <= started <= limits.max_key_concurrency``
 * ``0 < batch.size <= limits.max_batch_size`` for every queued batch
+* ``batch.cost == sum(batch.costs) <= limits.max_batch_cost`` for every batch,
+  except an ``Oversize.ALONE`` batch of one item
 * ``overflow`` is non-empty only while the key has no room for its head
   (:meth:`KeyState.admit` is called after every change that can make room)
 * a key whose queue and overflow are empty and whose ``started`` is 0 is
@@ -42,10 +58,11 @@ the batcher's own records.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Generic, TypeVar
 
-from ._policies import Limits, Policy, rejects_when_full
+from ._policies import Limits, Overflow, Policy, rejects_when_full
 
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
@@ -65,14 +82,30 @@ class Batch(Generic[I, W]):
     lists stay aligned (a withdrawal removes from both).
     """
 
-    __slots__ = ("deadline", "early", "expired", "filled", "inputs", "state", "waiters")
+    __slots__ = (
+        "cost",
+        "costs",
+        "deadline",
+        "early",
+        "expired",
+        "filled",
+        "inputs",
+        "state",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.inputs: list[I] = []
         self.waiters: list[W] = []
         self.state = WAITING
-        #: Has held ``max_batch_size`` items at some point (sticky).
+        #: Has been full at some point (sticky): held ``max_batch_size`` items,
+        #: or its cost reached ``max_batch_cost``, or an item that did not fit
+        #: by cost closed it, or it is an oversize item's batch of its own.
         self.filled = False
+        #: With a cost function: each input's cost (aligned with ``inputs``)
+        #: and their total, ``sum(costs)``. Without one: empty, and 0.
+        self.costs: list[float] = []
+        self.cost: float = 0
         #: Its Duration timer has fired (sticky).
         self.expired = False
         #: When its Duration timer fires (set by the batcher; inf without one).
@@ -99,8 +132,9 @@ class KeyState(Generic[I, W]):
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
-        # (item, waiter) for each caller waiting for room, oldest first.
-        self.overflow: deque[tuple[I, W]] = deque()
+        # (item, waiter, cost) for each caller waiting for room, oldest first;
+        # cost is None without a cost function.
+        self.overflow: deque[tuple[I, W, float | None]] = deque()
 
     # -- queries ---------------------------------------------------------------
 
@@ -111,6 +145,10 @@ class KeyState(Generic[I, W]):
     def queued_items(self) -> int:
         """Items in batches that have not begun processing."""
         return sum(len(b.inputs) for b in self.waiting) + sum(len(b.inputs) for b in self.starting)
+
+    def queued_cost(self) -> float:
+        """Total cost of the items in batches that have not begun processing."""
+        return sum(b.cost for b in itertools.chain(self.starting, self.waiting))
 
     def queued_batches(self) -> list[Batch[I, W]]:
         """Batches that have not begun processing, oldest first."""
@@ -147,6 +185,57 @@ class KeyState(Generic[I, W]):
         newest.inputs.append(item)
         newest.waiters.append(waiter)
         if len(newest.inputs) >= limits.max_batch_size:
+            newest.filled = True
+        return newest
+
+    def add_costed(
+        self,
+        item: I,
+        waiter: W,
+        cost: float,
+        policy: Policy,
+        limits: Limits,
+    ) -> Batch[I, W] | None:
+        """:meth:`add` for a batcher with a cost function; ``cost`` is the item's.
+
+        The item joins the newest queued batch only if that batch has room by
+        count and by cost. If not, it needs a new batch, exactly as in
+        :meth:`add`; if it then opens one, or finds no room and will wait for
+        it (``Overflow.WAIT``), the batch it did not fit is closed (counts as
+        full). ``None`` means no room; nothing changed unless the item is going
+        to wait. An oversize item must be ``Oversize.ALONE`` (the caller
+        rejects the others first, see ``_policies.is_oversize``): it gets a new
+        batch of its own, which counts as full.
+        """
+        if self.waiting:
+            newest: Batch[I, W] | None = self.waiting[-1]
+        elif self.starting:
+            newest = self.starting[-1]
+        else:
+            newest = None
+        max_cost = limits.max_batch_cost
+        if newest is None or not (
+            len(newest.inputs) < limits.max_batch_size
+            and (max_cost is None or (newest.cost < max_cost and newest.cost + cost <= max_cost))
+        ):
+            if newest is not None:
+                if (
+                    rejects_when_full(policy)
+                    or len(self.waiting) + len(self.starting) >= limits.max_batch_queue_size
+                ):
+                    if limits.overflow is Overflow.WAIT:
+                        newest.filled = True  # the item goes on to wait: it closed the batch
+                    return None
+                newest.filled = True  # the item goes on to a new batch: it closed this one
+            newest = Batch()
+            self.waiting.append(newest)
+        newest.inputs.append(item)
+        newest.waiters.append(waiter)
+        newest.costs.append(cost)
+        newest.cost += cost
+        if len(newest.inputs) >= limits.max_batch_size or (
+            max_cost is not None and newest.cost >= max_cost
+        ):
             newest.filled = True
         return newest
 
@@ -214,6 +303,10 @@ class KeyState(Generic[I, W]):
         index = _index_of(batch.waiters, waiter)
         del batch.waiters[index]
         del batch.inputs[index]
+        if batch.costs:
+            del batch.costs[index]
+            # Recomputed, not subtracted: the total stays exactly sum(costs).
+            batch.cost = sum(batch.costs)
         if batch.inputs:
             return False
         if batch.state == WAITING:
@@ -236,20 +329,27 @@ class KeyState(Generic[I, W]):
         admitted: list[tuple[W, Batch[I, W]]] = []
         overflow = self.overflow
         while overflow:
-            item, waiter = overflow[0]
-            batch = self.add(item, waiter, policy, limits)
+            item, waiter, cost = overflow[0]
+            if cost is None:
+                batch = self.add(item, waiter, policy, limits)
+            else:
+                batch = self.add_costed(item, waiter, cost, policy, limits)
             if batch is None:
                 break
             overflow.popleft()
             admitted.append((waiter, batch))
         return admitted
 
-    def leave_overflow(self, waiter: W) -> None:
-        """Remove a waiter that gave up while waiting for room."""
-        for index, (_, queued) in enumerate(self.overflow):
+    def leave_overflow(self, waiter: W) -> bool:
+        """Remove a waiter that gave up while waiting for room.
+
+        Returns ``True`` if it was first in line: with costs, the next waiter
+        may fit where it did not, so the owner must :meth:`admit` again.
+        """
+        for index, (_, queued, _) in enumerate(self.overflow):
             if queued is waiter:
                 del self.overflow[index]
-                return
+                return index == 0
         raise ValueError("not waiting for room")
 
 

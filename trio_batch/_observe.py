@@ -161,6 +161,9 @@ class BatchStarted:
     item_ids: tuple[int, ...]
     #: ``trio.current_time()`` when the policy started it.
     time: float
+    #: The total cost of its items so far, with ``open_batcher(cost=...)``;
+    #: ``None`` without a cost function.
+    cost: float | None = None
 
 
 @final
@@ -200,6 +203,9 @@ class BatchFinished:
     abandoned: int
     #: ``trio.current_time()`` when it ended.
     time: float
+    #: The total cost of the items passed to ``process`` (0 if it never got
+    #: that far), with ``open_batcher(cost=...)``; ``None`` without a cost function.
+    cost: float | None = None
 
 
 class Observer(Protocol):

@@ -17,6 +17,11 @@ ready even if a caller withdraws from it later, and a batch whose timer expired
 stays expired. Without that, a batch emptied a little by cancellations could sit
 in front of full batches until shutdown.
 
+"Full" has one meaning for every policy, kept by the key's queue: the batch
+holds ``max_batch_size`` items, or (with a cost function) its cost equals
+``max_batch_cost``, or an arriving item did not fit by cost and went on to open
+a new batch or to wait for room (``_key_state`` says why that item closes it).
+
 Rejected alternative: policies as open-ended strategy objects with ``on_add`` /
 ``on_finish`` callbacks returning actions (batch-aint-one's shape). With FIFO starts
 and a free slot as preconditions, the only thing left to decide is a yes/no about
@@ -42,6 +47,7 @@ __all__ = [
     "Limits",
     "OnFull",
     "Overflow",
+    "Oversize",
     "Policy",
     "Size",
     "StartReason",
@@ -57,7 +63,13 @@ class BatchFacts(Protocol):
 
     @property
     def filled(self) -> bool:
-        """The batch has been full (``max_batch_size`` items) at some point."""
+        """The batch has been full at some point.
+
+        Full means: ``max_batch_size`` items, or a cost equal to
+        ``max_batch_cost``, or an arriving item did not fit by cost and went on
+        to open a new batch or to wait for room (it closed this one), or it is
+        an oversize item's batch of its own (``Oversize.ALONE``).
+        """
 
     @property
     def expired(self) -> bool:
@@ -78,6 +90,26 @@ def _check_int_at_least_1(_inst: object, attribute: attrs.Attribute[int], value:
 def _resolve_queue_size(value: int | None, self: Any) -> int:
     # Resolved at construction, so the value you read is the value in force.
     return 2 * self.max_key_concurrency if value is None else value
+
+
+def _check_max_cost(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be None or a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+class Oversize(enum.Enum):
+    """What happens to an item whose own cost exceeds ``Limits.max_batch_cost``."""
+
+    #: :meth:`~trio_batch.Batcher.submit` raises :exc:`~trio_batch.Rejected` at
+    #: once, naming the cost and the limit; nothing is queued (the default).
+    REJECT = "reject"
+    #: The item gets a new batch of its own, which no other item joins (it
+    #: counts as full), subject to ``max_batch_queue_size`` like any new batch.
+    ALONE = "alone"
 
 
 class Overflow(enum.Enum):
@@ -109,10 +141,19 @@ class Limits:
             ``Limits().max_batch_queue_size == 20``.
         overflow: what happens to an item that finds no room:
             :attr:`Overflow.REJECT` (default) or :attr:`Overflow.WAIT`.
+        max_batch_cost: the most total cost one ``process`` call receives, with
+            ``open_batcher(cost=...)``: a finite ``int`` or ``float`` > 0, or
+            ``None`` (the default) for no bound. An item joins the newest batch
+            only if it fits by count *and* by cost.
+        oversize: what happens to an item whose own cost exceeds
+            ``max_batch_cost``: :attr:`Oversize.REJECT` (default) or
+            :attr:`Oversize.ALONE`.
 
     Raises:
-        ValueError: a value is less than 1.
-        TypeError: a value is not an int.
+        ValueError: a count is less than 1, or ``max_batch_cost`` is not finite
+            or not > 0.
+        TypeError: a count is not an int, ``max_batch_cost`` is not a number
+            (``bool`` is not), or an enum field has the wrong type.
     """
 
     max_batch_size: int = attrs.field(default=100, validator=_check_int_at_least_1)
@@ -124,6 +165,10 @@ class Limits:
     )
     overflow: Overflow = attrs.field(
         default=Overflow.REJECT, validator=attrs.validators.instance_of(Overflow)
+    )
+    max_batch_cost: int | float | None = attrs.field(default=None, validator=_check_max_cost)
+    oversize: Oversize = attrs.field(
+        default=Oversize.REJECT, validator=attrs.validators.instance_of(Oversize)
     )
 
 
@@ -271,7 +316,8 @@ class Balanced:
 class StartReason(enum.Enum):
     """Why a batch started (reported to observers)."""
 
-    #: It became full (``Size``, ``Duration``) or reached ``max_batch_size``.
+    #: It became full (``Size``, ``Duration``): ``max_batch_size`` items, or by
+    #: cost (see ``Limits.max_batch_cost``).
     FULL = "full"
     #: Its ``Duration`` timer expired.
     TIMER = "timer"
@@ -315,6 +361,11 @@ POLICY_TYPES = (Immediate, Size, Duration, Balanced)
 def rejects_when_full(policy: Policy) -> bool:
     """Whether an item that finds the newest batch full is rejected outright."""
     return isinstance(policy, Duration) and policy.on_full is OnFull.REJECT
+
+
+def is_oversize(cost: float, limits: Limits) -> bool:
+    """Whether an item of this cost exceeds ``max_batch_cost`` on its own."""
+    return limits.max_batch_cost is not None and cost > limits.max_batch_cost
 
 
 def check_compatible(policy: Policy, limits: Limits) -> None:

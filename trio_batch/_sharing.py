@@ -15,7 +15,9 @@ order things happen:
 * Otherwise the caller's item goes into the queue as usual, in a new
   :class:`Slot` with the caller as its only member. A batch's ``waiters`` are
   slots, so ``inputs[i]`` belongs to ``waiters[i].members``: a shared slot is
-  one input, and counts once toward ``max_batch_size`` and the queue bound.
+  one input, and counts once toward ``max_batch_size``, ``max_batch_cost``
+  (its cost is its first item's; the batcher never calls ``cost`` for a
+  sharer) and the queue bound.
 * A member cancelled before processing leaves its slot
   (:meth:`SharingKeyState.leave`); the slot is withdrawn from its batch only
   when its last member leaves.
@@ -119,6 +121,19 @@ class SharingKeyState(KeyState[I, Slot[W]]):
             self.slots[waiter.identity] = waiter
         return batch
 
+    def add_costed(
+        self, item: I, waiter: Slot[W], cost: float, policy: Policy, limits: Limits
+    ) -> Batch[I, Slot[W]] | None:
+        """Queue a new slot as :meth:`KeyState.add_costed` does, and make it shareable.
+
+        The slot's cost is its first item's: sharers add none.
+        """
+        batch = super().add_costed(item, waiter, cost, policy, limits)
+        if batch is not None:
+            waiter.batch = batch
+            self.slots[waiter.identity] = waiter
+        return batch
+
     def leave(self, slot: Slot[W], waiter: W) -> bool:
         """A member of a slot not yet processing gave up; ``True`` if it was the last.
 
@@ -161,7 +176,7 @@ class SharingKeyState(KeyState[I, Slot[W]]):
         admitted: list[tuple[W, Slot[W], Batch[I, Slot[W]], bool]] = []
         overflow = self.overflow
         while overflow:
-            item, slot = overflow[0]
+            item, slot, cost = overflow[0]
             waiter = slot.members[0]
             existing = self.share(slot.identity, waiter)
             if existing is not None:
@@ -169,7 +184,10 @@ class SharingKeyState(KeyState[I, Slot[W]]):
                 overflow.popleft()
                 admitted.append((waiter, existing, existing.batch, True))
                 continue
-            batch = self.add(item, slot, policy, limits)
+            if cost is None:
+                batch = self.add(item, slot, policy, limits)
+            else:
+                batch = self.add_costed(item, slot, cost, policy, limits)
             if batch is None:
                 break
             overflow.popleft()

@@ -29,3 +29,6 @@ class BatcherStatistics:
     processing_batches: int
     #: Callers waiting for room in their key's queue (``Overflow.WAIT``).
     waiting_submits: int
+    #: Total cost of the items counted in ``queued_items``, with
+    #: ``open_batcher(cost=...)``; 0 without a cost function.
+    queued_cost: float = 0

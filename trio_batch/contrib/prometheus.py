@@ -62,7 +62,12 @@ from .._observe import (
 )
 from .._statistics import BatcherStatistics
 
-__all__ = ["DEFAULT_SECONDS_BUCKETS", "DEFAULT_SIZE_BUCKETS", "PrometheusObserver"]
+__all__ = [
+    "DEFAULT_COST_BUCKETS",
+    "DEFAULT_SECONDS_BUCKETS",
+    "DEFAULT_SIZE_BUCKETS",
+    "PrometheusObserver",
+]
 
 #: Bucket bounds of the ``batch_size`` histogram.
 DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -85,6 +90,10 @@ DEFAULT_SECONDS_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
+#: Bucket bounds of the ``batch_cost`` histogram (batchers with a cost function):
+#: powers of 4, for costs counted in tokens, rows or bytes.
+DEFAULT_COST_BUCKETS: tuple[float, ...] = tuple(4.0**n for n in range(11))
+
 # The ``reason`` label of ``batches_total`` for a batch that never started: the
 # block was torn down while it waited (``BatchFinished.reason`` is ``None``).
 _NEVER_STARTED = "never_started"
@@ -95,6 +104,7 @@ _GAUGES = (
     ("queued_items", "Items in batches that have not begun processing."),
     ("processing_batches", "Started batches: acquiring their resource or processing."),
     ("waiting_submits", "Callers waiting for room in their key's queue (Overflow.WAIT)."),
+    ("queued_cost", "Total cost of the queued items (0 without a cost function)."),
 )
 
 
@@ -130,7 +140,7 @@ class _StatisticsCollector:
             tracked = [(name, list(live.items())) for name, live in self._tracked.items()]
         families = self._families()
         for name, batchers in tracked:
-            totals = [0, 0, 0, 0]
+            totals: list[float] = [0] * len(_GAUGES)
             for batcher, token in batchers:
                 stats = _read_statistics(batcher, token)
                 if stats is None:
@@ -166,8 +176,9 @@ class _Metrics:
         namespace: str,
         size_buckets: Sequence[float],
         seconds_buckets: Sequence[float],
+        cost_buckets: Sequence[float],
     ) -> None:
-        self.key = (tuple(size_buckets), tuple(seconds_buckets))
+        self.key = (tuple(size_buckets), tuple(seconds_buckets), tuple(cost_buckets))
         common: dict[str, Any] = {"namespace": namespace, "registry": registry}
         self.items = Counter(
             "items",
@@ -195,6 +206,14 @@ class _Metrics:
             "Items passed to one process call (batches not cancelled).",
             ["batcher"],
             buckets=tuple(size_buckets),
+            **common,
+        )
+        self.batch_cost = Histogram(
+            "batch_cost",
+            "Total cost of the items passed to one process call (batches not cancelled), "
+            "for batchers with a cost function.",
+            ["batcher"],
+            buckets=tuple(cost_buckets),
             **common,
         )
         self.queue_wait = Histogram(
@@ -243,15 +262,16 @@ def _metrics_for(
     namespace: str,
     size_buckets: Sequence[float],
     seconds_buckets: Sequence[float],
+    cost_buckets: Sequence[float],
 ) -> _Metrics:
     with _lock:
         by_namespace = _shared.setdefault(registry, {})
         metrics = by_namespace.get(namespace)
         if metrics is None:
             metrics = by_namespace[namespace] = _Metrics(
-                registry, namespace, size_buckets, seconds_buckets
+                registry, namespace, size_buckets, seconds_buckets, cost_buckets
             )
-        elif metrics.key != (tuple(size_buckets), tuple(seconds_buckets)):
+        elif metrics.key != (tuple(size_buckets), tuple(seconds_buckets), tuple(cost_buckets)):
             raise ValueError(
                 f"the metrics of namespace {namespace!r} already exist in this registry "
                 "with other buckets"
@@ -288,8 +308,12 @@ class PrometheusObserver:
       per item of such a batch (acceptance until ``process`` was called with
       it), and ``trio_batch_acquire_seconds`` per batch (start until
       ``process`` was called, or until ``acquire`` failed).
+      ``trio_batch_batch_cost`` per batch that ``process`` was called for,
+      only for batchers with a cost function (``open_batcher(cost=...)``):
+      the total cost of its items.
     * Gauges ``trio_batch_active_keys``, ``trio_batch_queued_items``,
-      ``trio_batch_processing_batches`` and ``trio_batch_waiting_submits``,
+      ``trio_batch_processing_batches``, ``trio_batch_waiting_submits`` and
+      ``trio_batch_queued_cost``,
       for batchers passed to :meth:`track`: the fields of
       :meth:`~trio_batch.Batcher.statistics`, read at scrape time and summed
       over the live batchers of each name.
@@ -309,6 +333,7 @@ class PrometheusObserver:
         namespace: the prefix of every metric name.
         size_buckets: bucket bounds of ``batch_size``.
         seconds_buckets: bucket bounds of the ``*_seconds`` histograms.
+        cost_buckets: bucket bounds of ``batch_cost``.
 
     Raises:
         ValueError: the registry already holds metrics of these names that this
@@ -324,9 +349,14 @@ class PrometheusObserver:
         *,
         size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
         seconds_buckets: Sequence[float] = DEFAULT_SECONDS_BUCKETS,
+        cost_buckets: Sequence[float] = DEFAULT_COST_BUCKETS,
     ) -> None:
         self._metrics = _metrics_for(
-            REGISTRY if registry is None else registry, namespace, size_buckets, seconds_buckets
+            REGISTRY if registry is None else registry,
+            namespace,
+            size_buckets,
+            seconds_buckets,
+            cost_buckets,
         )
         self._items = self._metrics.items
         self._abandoned = self._metrics.abandoned
@@ -391,6 +421,8 @@ class PrometheusObserver:
         child(metrics.acquire, name).observe(event.acquire_seconds)
         if event.size:  # process was called
             child(metrics.batch_size, name).observe(event.size)
+            if event.cost is not None:
+                child(metrics.batch_cost, name).observe(event.cost)
             child(metrics.process, name).observe(event.process_seconds)
             queue_wait = child(metrics.queue_wait, name)
             for seconds in event.queue_waits:

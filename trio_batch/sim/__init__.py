@@ -44,6 +44,7 @@ from ._run import (
 from ._scenario import (
     Arrivals as Arrivals,
     Burst as Burst,
+    ItemCosts as ItemCosts,
     KeyDistribution as KeyDistribution,
     Pool as Pool,
     ProcessModel as ProcessModel,
@@ -58,6 +59,7 @@ __all__ = [
     "PLOT_FILES",
     "Arrivals",
     "Burst",
+    "ItemCosts",
     "KeyDistribution",
     "PolicyResult",
     "Pool",

@@ -50,6 +50,8 @@ _LIMIT_FIELDS: Final = (
     "max_key_concurrency",
     "max_batch_queue_size",
     "overflow",
+    "max_batch_cost",
+    "oversize",
 )
 
 
@@ -86,13 +88,14 @@ def _build_limits(data: object) -> tb.Limits:
             expected = ", ".join(_LIMIT_FIELDS)
             raise ScenarioError(f"unknown field limits.{name} (expected one of: {expected})")
     kwargs = dict(data)
-    if "overflow" in kwargs:
-        overflow = kwargs["overflow"]
-        choices = {mode.value: mode for mode in tb.Overflow}
-        if overflow not in choices:
-            allowed = ", ".join(repr(choice) for choice in choices)
-            raise ScenarioError(f"limits.overflow must be one of {allowed}, got {overflow!r}")
-        kwargs["overflow"] = choices[overflow]
+    for name, enum_type in (("overflow", tb.Overflow), ("oversize", tb.Oversize)):
+        if name in kwargs:
+            value = kwargs[name]
+            choices = {mode.value: mode for mode in enum_type}
+            if value not in choices:
+                allowed = ", ".join(repr(choice) for choice in choices)
+                raise ScenarioError(f"limits.{name} must be one of {allowed}, got {value!r}")
+            kwargs[name] = choices[value]
     try:
         return tb.Limits(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -297,6 +300,7 @@ def scenario_to_data(scenario: Scenario) -> dict[str, object]:
         "policies": [policy_label(policy) for policy in scenario.policies],
         "keys": table(scenario.keys),
         "arrivals": table(scenario.arrivals),
+        "costs": table(scenario.costs),
         "process": table(scenario.process),
         "pool": table(scenario.pool),
         "limits": {
@@ -304,6 +308,8 @@ def scenario_to_data(scenario: Scenario) -> dict[str, object]:
             "max_key_concurrency": scenario.limits.max_key_concurrency,
             "max_batch_queue_size": scenario.limits.max_batch_queue_size,
             "overflow": scenario.limits.overflow.value,
+            "max_batch_cost": scenario.limits.max_batch_cost,
+            "oversize": scenario.limits.oversize.value,
         },
         "timeouts": table(scenario.timeouts),
     }

@@ -292,6 +292,8 @@ def _histogram_bins(result: SimulationResult) -> tuple[list[float], float]:
 
 
 def _batch_sizes(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
+    if any(r.batch_costs for r in result.results):
+        return _batch_sizes_and_costs(result, styles)
     count = len(result.results)
     figure, rows = _new_figure(count, height=1.0 + 1.7 * count, sharey=True)
     edges, right = _histogram_bins(result)
@@ -325,6 +327,64 @@ def _batch_sizes(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
     limit = max((r.max_batch_size for r in result.results), default=1)
     rows[-1].set_xlabel(f"items per process call (max_batch_size {limit}{bins_note})")
     _title(figure, result, "Batch sizes")
+    return figure
+
+
+def _batch_sizes_and_costs(result: SimulationResult, styles: Sequence[_Style]) -> Figure:
+    """Batch sizes (left) and batch costs (right), one row per policy.
+
+    For scenarios with item costs: the count bound and the cost bound side by
+    side, each with its limit marked, so one sees which of the two shaped the
+    batches.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    count = len(result.results)
+    figure = Figure(figsize=(12.0, 1.0 + 1.7 * count), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(count, 2, sharex="col", sharey="col", squeeze=False)
+    edges, right = _histogram_bins(result)
+    bound = next((r.max_batch_cost for r in result.results if r.max_batch_cost), None)
+    largest = max((max(r.batch_costs) for r in result.results if r.batch_costs), default=1.0)
+    top = max(largest, bound or 0.0) or 1.0
+    cost_edges = [top * index / 60 for index in range(61)]
+    for (size_axes, cost_axes), r, style in zip(grid, result.results, styles, strict=True):
+        if r.batch_sizes:
+            size_axes.hist(r.batch_sizes, bins=edges, color=style.colour, rwidth=0.85)
+            size_axes.set_title(
+                f"{r.policy}: {r.batches} batches, mean {r.mean_batch_size:.1f} items",
+                loc="left",
+                fontsize=10,
+            )
+        else:
+            _no_data(size_axes)
+            size_axes.set_title(f"{r.policy}: no batches", loc="left", fontsize=10)
+        if r.batch_costs:
+            cost_axes.hist(r.batch_costs, bins=cost_edges, color=style.colour, rwidth=0.85)
+            text = f"mean cost {r.mean_batch_cost:.4g}"
+            if bound is not None:
+                over = sum(1 for cost in r.batch_costs if cost > bound)
+                text += f", {r.cost_fill_ratio:.0%} of the bound"
+                if over:
+                    text += f", {over} lone oversize"
+            cost_axes.set_title(text, loc="left", fontsize=10)
+        else:
+            _no_data(cost_axes)
+        if bound is not None:
+            cost_axes.axvline(bound, color="black", linestyle="--", linewidth=1)
+        size_axes.axvline(r.max_batch_size, color="black", linestyle="--", linewidth=1)
+        for axes in (size_axes, cost_axes):
+            axes.grid(True, axis="y", alpha=0.3)
+            _integer_ticks(axes)
+        size_axes.set_ylabel("batches")
+    grid[-1][0].set_xlim(0.5, max(right, result.results[0].max_batch_size + 0.5))
+    _integer_ticks(grid[-1][0], "x")
+    limit = max((r.max_batch_size for r in result.results), default=1)
+    grid[-1][0].set_xlabel(f"items per process call (max_batch_size {limit}, dashed)")
+    bound_note = "unbounded" if bound is None else f"max_batch_cost {bound:g}, dashed"
+    grid[-1][1].set_xlabel(f"total item cost per process call ({bound_note})")
+    _title(figure, result, "Batch sizes and batch costs")
     return figure
 
 

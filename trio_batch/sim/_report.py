@@ -52,6 +52,8 @@ def describe_scenario(scenario: Scenario) -> list[str]:
 
     process = scenario.process
     cost = f"process: {_seconds(process.per_batch)} + {_seconds(process.per_item)}/item"
+    if process.per_cost:
+        cost += f" + {_seconds(process.per_cost)}/unit of cost"
     if process.jitter == "erlang":
         cost += f", Erlang k={process.erlang_k} jitter"
     elif process.jitter == "lognormal":
@@ -67,13 +69,28 @@ def describe_scenario(scenario: Scenario) -> list[str]:
         f"limits: batch {limits.max_batch_size}, concurrency {limits.max_key_concurrency}, "
         f"queue {limits.max_batch_queue_size} ({limits.overflow.value} when full)"
     )
+    if limits.max_batch_cost is not None:
+        limit_text += (
+            f", batch cost {limits.max_batch_cost:g} (oversize items: {limits.oversize.value})"
+        )
+    costs = scenario.costs
+    cost_text = ""
+    if costs is not None:
+        if costs.distribution == "constant":
+            cost_text = f"item costs: {costs.value:g} each"
+        elif costs.distribution == "uniform":
+            cost_text = f"item costs: uniform {costs.low:g} to {costs.high:g}"
+        else:
+            cost_text = f"item costs: log-normal, median {costs.median:g}, sigma {costs.sigma:g}"
+        if costs.integer:
+            cost_text += ", whole numbers"
     timeouts = scenario.timeouts
     patience = "callers: all patient"
     if timeouts is not None and timeouts.fraction:
         patience = f"callers: {timeouts.fraction:.0%} give up after {_seconds(timeouts.after)}"
     return [
         head,
-        f"  {arrival_text}; {key_text}",
+        f"  {arrival_text}; {key_text}" + (f"; {cost_text}" if cost_text else ""),
         f"  {cost}; {resources}",
         f"  {limit_text}; {patience}",
     ]
@@ -122,6 +139,7 @@ _COLUMNS: Final = (
     _Column("max ms", lambda r: _ms(r.max_latency), drop=3),
     _Column("batch", lambda r: _fixed(1)(r.mean_batch_size)),
     _Column("fill", lambda r: _fixed(2)(r.fill_ratio), drop=6),
+    _Column("cost", lambda r: _fixed(0)(r.mean_batch_cost), drop=1),
     _Column("batches", lambda r: str(r.batches), drop=8),
     _Column("rejected", lambda r: str(r.rejected)),
     _Column("failed", lambda r: str(r.failed), drop=2),
@@ -159,7 +177,8 @@ def render_table(result: SimulationResult, *, wide: bool = False) -> str:
     least are left out until the rows fit (and the legend names them), unless
     ``wide`` is true, which keeps every column.
     """
-    columns = list(_COLUMNS)
+    with_costs = result.scenario.costs is not None
+    columns = [column for column in _COLUMNS if with_costs or column.header != "cost"]
     left_out: list[_Column] = []
     while not wide:
         if max(map(len, _lay_out(columns, result.results))) <= TABLE_WIDTH:
@@ -171,6 +190,8 @@ def render_table(result: SimulationResult, *, wide: bool = False) -> str:
         columns.remove(worst)
         left_out.append(worst)
     legend = _LEGEND
+    if with_costs:
+        legend += "; cost: mean total item cost per process call"
     if left_out:
         names = ", ".join(column.header for column in _COLUMNS if column in left_out)
         legend += f". Left out to fit {TABLE_WIDTH} columns: {names} (--wide shows them)"

@@ -93,7 +93,8 @@ class PolicyResult:
     items: int
     #: Callers that received their output.
     ok: int
-    #: Callers that got ``Rejected`` (the key's queue was full).
+    #: Callers that got ``Rejected`` (the key's queue was full, or, with
+    #: ``Oversize.REJECT``, their item alone cost more than ``max_batch_cost``).
     rejected: int
     #: Callers whose batch failed (``BatchFailed`` or ``ResourceAcquisitionFailed``).
     failed: int
@@ -121,6 +122,11 @@ class PolicyResult:
     connections: int
     #: Broken library guarantees that the run observed (empty if all is well).
     anomalies: tuple[str, ...]
+    #: Total item cost of every ``process`` call, in the order they began
+    #: (empty without item costs).
+    batch_costs: tuple[float, ...] = ()
+    #: ``max_batch_cost`` of the run (None: unbounded, or no item costs).
+    max_batch_cost: float | None = None
     #: The 0th to 100th percentile latencies (empty if no caller got its output).
     latency_percentiles: tuple[float, ...] = attrs.field(init=False)
 
@@ -144,6 +150,19 @@ class PolicyResult:
         return sum(self.batch_sizes) / len(self.batch_sizes) if self.batch_sizes else None
 
     @property
+    def mean_batch_cost(self) -> float | None:
+        """Mean total item cost per ``process`` call (None without costs or batches)."""
+        costs = self.batch_costs
+        return sum(costs) / len(costs) if costs else None
+
+    @property
+    def cost_fill_ratio(self) -> float | None:
+        """Mean batch cost as a fraction of ``max_batch_cost`` (None if either is missing)."""
+        mean = self.mean_batch_cost
+        bound = self.max_batch_cost
+        return None if mean is None or bound is None else mean / bound
+
+    @property
     def fill_ratio(self) -> float | None:
         """Mean batch size as a fraction of ``max_batch_size``."""
         mean = self.mean_batch_size
@@ -152,7 +171,8 @@ class PolicyResult:
     def latency(self, p: int) -> float | None:
         """The ``p``-th percentile latency in simulated seconds (None if no output).
 
-        ``p`` is an integer from 0 to 100; see :func:`percentiles` for the definition.
+        ``p`` is an integer from 0 to 100; percentiles interpolate linearly, as
+        ``statistics.quantiles(latencies, n=100, method="inclusive")`` does.
         """
         _check_percent(p)
         return self.latency_percentiles[p] if self.latency_percentiles else None
@@ -211,6 +231,9 @@ class PolicyResult:
             "batches": self.batches,
             "mean_batch_size": rounded(self.mean_batch_size),
             "fill_ratio": rounded(self.fill_ratio),
+            "mean_batch_cost": rounded(self.mean_batch_cost),
+            "max_batch_cost_seen": rounded(max(self.batch_costs, default=None)),
+            "cost_fill_ratio": rounded(self.cost_fill_ratio),
             "acquisitions": self.acquisitions,
             "connections_opened": self.connections,
             "max_queued_items": max((s.queued_items for s in self.samples), default=0),

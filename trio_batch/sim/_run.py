@@ -8,13 +8,16 @@ traffic takes as long as the Python code needs, not a minute.
 
 Nothing here models the batcher: callers call the real
 :meth:`trio_batch.Batcher.submit`, and the simulated ``process`` and pool only
-sleep for the scenario's costs. At each arrival time the clock's keeper hands
-the item to a caller task: one that has finished its previous call and waits
-for another, or a new one if none is free; so there are as many caller tasks
-as callers waiting at once, not as arrivals. The callers' nursery is outside
-the batcher's block; after the last arrival the block is left normally, so the
-batcher drains exactly as in production. The statistics sampler is a passive
-callback of the clock, not a task.
+sleep for the scenario's costs. With item costs, the batcher is opened with
+``cost=`` reading each item's drawn cost, so the real batcher forms the
+cost-bounded batches; the simulated ``process`` checks the bound. At each
+arrival time the clock's keeper hands the item to a caller task: one that has
+finished its previous call and waits for another, or a new one if none is
+free; so there are as many caller tasks as callers waiting at once, not as
+arrivals. The callers' nursery is outside the batcher's block; after the last
+arrival the block is left normally, so the batcher drains exactly as in
+production. The statistics sampler is a passive callback of the clock, not a
+task.
 
 Determinism. The workload and every batch's randomness come from seeded
 generators (see ``_workload``), and events rarely share an instant. But some
@@ -135,6 +138,7 @@ class _Simulation:
         self._processed = bytearray(n)
         self._latency: array[float] = array("d", bytes(8 * n))
         self._batch_sizes: list[int] = []
+        self._batch_costs: list[float] = []
         self._samples: list[Sample] = []
         # What went wrong -> (how often, the first example).
         self._anomalies: dict[str, tuple[int, str]] = {}
@@ -171,9 +175,18 @@ class _Simulation:
                 f"key {key}: {running}",
             )
         self._batch_sizes.append(len(inputs))
+        cost = 0.0
+        costs = self._workload.costs
+        if costs is not None:
+            cost = math.fsum(costs[item] for item in inputs)
+            self._batch_costs.append(cost)
+            bound = limits.max_batch_cost
+            alone = len(inputs) == 1 and limits.oversize is tb.Oversize.ALONE
+            if bound is not None and cost > bound * (1 + 1e-9) and not alone:
+                self._anomaly("a batch exceeded max_batch_cost", f"cost {cost:g} > {bound:g}")
         rng = batch_random(self._scenario.seed, inputs[0])
         try:
-            await self._time.sleep(batch_cost(self._scenario.process, len(inputs), rng))
+            await self._time.sleep(batch_cost(self._scenario.process, len(inputs), rng, cost))
         finally:
             remaining = self._running[key] - 1
             if remaining:
@@ -273,12 +286,18 @@ class _Simulation:
 
     # -- the run ---------------------------------------------------------------------------
 
+    def _item_cost(self, item: int) -> float:
+        costs = self._workload.costs
+        assert costs is not None
+        return costs[item]
+
     def _open_batcher(self) -> AbstractAsyncContextManager[tb.Batcher[int, int, int]]:
         scenario = self._scenario
         name = f"sim {policy_label(self._policy)}"
+        cost = None if self._workload.costs is None else self._item_cost
         if scenario.pool is None:
             return tb.open_batcher(
-                self._process, policy=self._policy, limits=scenario.limits, name=name
+                self._process, policy=self._policy, limits=scenario.limits, name=name, cost=cost
             )
         pool = self._pool = ConnectionPool(
             scenario.pool.size, scenario.pool.connect, self._time.sleep
@@ -289,6 +308,7 @@ class _Simulation:
             policy=self._policy,
             limits=scenario.limits,
             name=name,
+            cost=cost,
         )
 
     async def run(self) -> PolicyResult:
@@ -341,6 +361,8 @@ class _Simulation:
             elapsed=elapsed,
             batch_sizes=tuple(self._batch_sizes),
             max_batch_size=self._scenario.limits.max_batch_size,
+            batch_costs=tuple(self._batch_costs),
+            max_batch_cost=self._scenario.limits.max_batch_cost,
             ok_arrivals=array("d", (times[item] for item in ok_items)),
             ok_latencies=array("d", (self._latency[item] for item in ok_items)),
             samples=tuple(self._samples),

@@ -1,9 +1,10 @@
 """Scenarios: what to simulate, as immutable, validated values.
 
 A :class:`Scenario` says everything a run needs: the seed, when arrivals stop,
-how keys and arrival times are drawn, what ``process`` costs and how often it
-fails, an optional connection pool, the limits, impatient callers, and the
-policies to compare. Every value is an attrs frozen class validated at
+how keys and arrival times are drawn, what each item costs (optional: tokens,
+bytes, rows, for ``open_batcher(cost=...)``), what ``process`` takes and how
+often it fails, an optional connection pool, the limits, impatient callers, and
+the policies to compare. Every value is an attrs frozen class validated at
 construction, so a scenario that exists is a scenario that can run.
 
 The values' validators check types and ranges, with messages that start with
@@ -34,6 +35,7 @@ __all__ = [
     "POLICY_SYNTAX",
     "Arrivals",
     "Burst",
+    "ItemCosts",
     "KeyDistribution",
     "Pool",
     "ProcessModel",
@@ -139,6 +141,8 @@ DEFAULT_SAMPLES: Final = 200
 Distribution = Literal["single", "uniform", "zipf"]
 #: The random factor applied to a batch's cost.
 Jitter = Literal["none", "erlang", "lognormal"]
+#: How item costs are drawn.
+CostDistribution = Literal["constant", "uniform", "lognormal"]
 
 
 @final
@@ -225,17 +229,89 @@ class Arrivals:
 
 @final
 @attrs.frozen(kw_only=True)
+class ItemCosts:
+    """What each item costs (its tokens, bytes or rows): the batcher's ``cost=``.
+
+    With costs, the batcher is opened with ``cost=`` returning each item's
+    drawn cost, so ``limits.max_batch_cost`` and ``limits.oversize`` apply, and
+    ``process.per_cost`` charges simulated time per unit of a batch's cost.
+
+    Args:
+        distribution: ``"constant"`` (every item costs ``value``),
+            ``"uniform"`` (from ``low`` to ``high``) or ``"lognormal"``
+            (median ``median``, shape ``sigma``: most items are cheap, a few
+            cost many times the median, as prompts' token counts do).
+        value: the cost of every item (>= 0; defaults to 1; only for ``"constant"``).
+        low: the smallest cost (>= 0; only for ``"uniform"``, required).
+        high: the largest cost (>= ``low``; only for ``"uniform"``, required).
+        median: the median cost (> 0; only for ``"lognormal"``, required).
+        sigma: the log-normal shape (> 0; defaults to 1; only for ``"lognormal"``).
+        integer: round every cost up to a whole number (tokens, rows).
+    """
+
+    distribution: CostDistribution = attrs.field(
+        default="constant", validator=_choice("constant", "uniform", "lognormal")
+    )
+    value: float | None = attrs.field(
+        default=None, converter=_optional_float, validator=_optional(_number(ge=0))
+    )
+    low: float | None = attrs.field(
+        default=None, converter=_optional_float, validator=_optional(_number(ge=0))
+    )
+    high: float | None = attrs.field(
+        default=None, converter=_optional_float, validator=_optional(_number(ge=0))
+    )
+    median: float | None = attrs.field(
+        default=None, converter=_optional_float, validator=_optional(_number(gt=0))
+    )
+    sigma: float | None = attrs.field(
+        default=None, converter=_optional_float, validator=_optional(_number(gt=0))
+    )
+    integer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    def __attrs_post_init__(self) -> None:
+        owners = {
+            "value": "constant",
+            "low": "uniform",
+            "high": "uniform",
+            "median": "lognormal",
+            "sigma": "lognormal",
+        }
+        for name, owner in owners.items():
+            if owner != self.distribution and getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name} applies only to distribution {owner!r}, not {self.distribution!r}"
+                )
+        if self.distribution == "constant" and self.value is None:
+            object.__setattr__(self, "value", 1.0)
+        elif self.distribution == "uniform":
+            if self.low is None or self.high is None:
+                raise ValueError("low and high are required for distribution 'uniform'")
+            if self.high < self.low:
+                raise ValueError(f"high must be >= low ({self.low!r}), got {self.high!r}")
+        elif self.distribution == "lognormal":
+            if self.median is None:
+                raise ValueError("median is required for distribution 'lognormal'")
+            if self.sigma is None:
+                object.__setattr__(self, "sigma", 1.0)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class ProcessModel:
     """What one ``process`` call costs in simulated time, and how often it fails.
 
-    A batch of ``n`` items takes ``(per_batch + per_item * n) * J`` seconds, where
-    ``J`` is a random factor with mean 1: exactly 1 for ``"none"``, Erlang with
+    A batch of ``n`` items of total cost ``c`` takes ``(per_batch + per_item * n +
+    per_cost * c) * J`` seconds (``c`` is 0 without item costs), where ``J`` is
+    a random factor with mean 1: exactly 1 for ``"none"``, Erlang with
     shape ``erlang_k`` (coefficient of variation ``1 / sqrt(erlang_k)``), or
     log-normal with shape ``sigma`` (a long right tail).
 
     Args:
         per_batch: the fixed cost of a call, in seconds (>= 0), e.g. a round trip.
         per_item: the extra cost of each item, in seconds (>= 0).
+        per_cost: the extra cost of each unit of item cost (each token, each
+            byte), in seconds (>= 0; needs ``costs``).
         jitter: ``"none"``, ``"erlang"`` or ``"lognormal"``.
         erlang_k: the Erlang shape (integer >= 1; defaults to 4; only for ``"erlang"``).
         sigma: the log-normal shape (> 0; defaults to 0.5; only for ``"lognormal"``).
@@ -245,6 +321,7 @@ class ProcessModel:
 
     per_batch: float = attrs.field(default=0.0, converter=_to_float, validator=_number(ge=0))
     per_item: float = attrs.field(default=0.0, converter=_to_float, validator=_number(ge=0))
+    per_cost: float = attrs.field(default=0.0, converter=_to_float, validator=_number(ge=0))
     jitter: Jitter = attrs.field(default="none", validator=_choice("none", "erlang", "lognormal"))
     erlang_k: int | None = attrs.field(default=None, validator=_optional(_integer(ge=1)))
     sigma: float | None = attrs.field(
@@ -338,6 +415,8 @@ class Scenario:
             ``"balanced:8"``).
         keys: a :class:`KeyDistribution`.
         arrivals: an :class:`Arrivals`.
+        costs: optional :class:`ItemCosts`; without it, items have no cost
+            (and ``limits.max_batch_cost`` and ``process.per_cost`` cannot be set).
         process: a :class:`ProcessModel`.
         pool: an optional :class:`Pool`; without one, no ``acquire`` is used.
         limits: a :class:`trio_batch.Limits`.
@@ -364,6 +443,11 @@ class Scenario:
     )
     arrivals: Arrivals = attrs.field(
         validator=attrs.validators.instance_of(Arrivals), metadata={"table": Arrivals}
+    )
+    costs: ItemCosts | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(ItemCosts)),
+        metadata={"table": ItemCosts},
     )
     process: ProcessModel = attrs.field(
         factory=ProcessModel,
@@ -393,6 +477,14 @@ class Scenario:
                 "items or duration must be given (exactly one), "
                 f"got items={self.items!r}, duration={self.duration!r}"
             )
+        if self.costs is None:
+            if self.limits.max_batch_cost is not None:
+                raise ValueError(
+                    "limits.max_batch_cost needs item costs: add a [costs] table "
+                    "(there is nothing to bound)"
+                )
+            if self.process.per_cost:
+                raise ValueError("process.per_cost needs item costs: add a [costs] table")
         for index, policy in enumerate(self.policies):
             if (
                 isinstance(policy, tb.Balanced)

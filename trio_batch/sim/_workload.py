@@ -27,7 +27,7 @@ from typing import final
 
 import attrs
 
-from ._scenario import Arrivals, KeyDistribution, ProcessModel, Scenario, Timeouts
+from ._scenario import Arrivals, ItemCosts, KeyDistribution, ProcessModel, Scenario, Timeouts
 
 __all__ = ["Workload", "batch_cost", "batch_random", "generate_workload"]
 
@@ -42,11 +42,13 @@ class Workload:
         keys: key of each item.
         timeouts: how long each caller waits before giving up (``math.inf``
             for a patient caller).
+        costs: each item's cost, or ``None`` if the scenario has no item costs.
     """
 
     times: array[float]
     keys: array[int]
     timeouts: array[float]
+    costs: array[float] | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -117,8 +119,27 @@ def _timeouts(timeouts: Timeouts | None, rng: random.Random, n: int) -> array[fl
     )
 
 
+def _costs(costs: ItemCosts, rng: random.Random, n: int) -> array[float]:
+    if costs.distribution == "constant":
+        assert costs.value is not None
+        draws: Iterator[float] = itertools.repeat(costs.value, n)
+    elif costs.distribution == "uniform":
+        assert costs.low is not None
+        assert costs.high is not None
+        low, high = costs.low, costs.high
+        draws = (rng.uniform(low, high) for _ in range(n))
+    else:
+        assert costs.median is not None
+        assert costs.sigma is not None
+        mu, sigma = math.log(costs.median), costs.sigma
+        draws = (rng.lognormvariate(mu, sigma) for _ in range(n))
+    if costs.integer:
+        draws = (float(math.ceil(cost)) for cost in draws)
+    return array("d", draws)
+
+
 def generate_workload(scenario: Scenario) -> Workload:
-    """Draw the arrivals, keys and caller timeouts of ``scenario``."""
+    """Draw the arrivals, keys, caller timeouts and item costs of ``scenario``."""
     times = _arrival_times(
         scenario.arrivals,
         _stream(scenario.seed, "arrivals"),
@@ -130,6 +151,11 @@ def generate_workload(scenario: Scenario) -> Workload:
         times=times,
         keys=_keys(scenario.keys, _stream(scenario.seed, "keys"), n),
         timeouts=_timeouts(scenario.timeouts, _stream(scenario.seed, "timeouts"), n),
+        costs=(
+            None
+            if scenario.costs is None
+            else _costs(scenario.costs, _stream(scenario.seed, "costs"), n)
+        ),
     )
 
 
@@ -138,9 +164,9 @@ def batch_random(seed: int, first_item: int) -> random.Random:
     return random.Random(seed * 0x1_0000_0000_0000 + first_item)
 
 
-def batch_cost(model: ProcessModel, size: int, rng: random.Random) -> float:
-    """Simulated seconds one ``process`` call on ``size`` items takes."""
-    base = model.per_batch + model.per_item * size
+def batch_cost(model: ProcessModel, size: int, rng: random.Random, cost: float = 0.0) -> float:
+    """Simulated seconds one ``process`` call on ``size`` items of total ``cost`` takes."""
+    base = model.per_batch + model.per_item * size + model.per_cost * cost
     if model.jitter == "erlang":
         assert model.erlang_k is not None
         return base * rng.gammavariate(model.erlang_k, 1.0 / model.erlang_k)
