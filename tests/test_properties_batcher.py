@@ -1308,7 +1308,13 @@ _dl_limits = st.builds(
     max_key_concurrency=st.integers(1, 2),
     max_batch_queue_size=st.integers(1, 3),
     overflow=st.sampled_from(list(tb.Overflow)),
+    # With a bound, items cost (item % 3) + 1 (see _dl_cost): never oversize.
+    max_batch_cost=st.none() | st.integers(3, 6),
 )
+
+
+def _dl_cost(item: int) -> int:
+    return item % 3 + 1
 
 
 def _summary(result: outcome.Outcome[Any]) -> Any:
@@ -1343,7 +1349,11 @@ def test_submit_many_is_consecutive_submits(
         results: list[Any] = []
         async with trio.open_nursery() as callers:
             async with tb.open_batcher(
-                _dl_process(record, delay, identity), policy=policy, limits=limits, dedupe=dedupe
+                _dl_process(record, delay, identity),
+                policy=policy,
+                limits=limits,
+                dedupe=dedupe,
+                cost=None if limits.max_batch_cost is None else _dl_cost,
             ) as batcher:
                 # Load already in the batcher, one caller at a time.
                 for item in before:
@@ -1461,6 +1471,7 @@ def test_dedupe_cache_and_cancel_abandoned_under_load(
                 dedupe=dedupe,
                 cache=cache,
                 cancel_abandoned=cancel_abandoned,
+                cost=None if limits.max_batch_cost is None else _dl_cost,
             ) as batcher:
                 for op in script:
                     if op.kind == "sleep":
@@ -1495,6 +1506,9 @@ def test_dedupe_cache_and_cancel_abandoned_under_load(
             assert len(idents) == len(set(idents)), "one identity twice in a batch"
     for _, inputs, _, _, _ in record.calls:
         assert 1 <= len(inputs) <= limits.max_batch_size
+        if limits.max_batch_cost is not None:
+            # A shared input costs once.
+            assert sum(_dl_cost(x) for x in inputs) <= limits.max_batch_cost
     if cache is not None:
         succeeded = {
             (key, identity(x))
