@@ -32,6 +32,13 @@ batcher knows:
   whatever the policy now allows. Each of those steps has exactly one owner,
   here, so no counter can drift between tasks, and no user code runs between
   freeing the slot and delivering (the end of a batch is total).
+* DataLoader's conveniences take a path of their own, so that ``submit``
+  without them pays one truth test (``_special``): ``dedupe`` and ``cache``
+  go through :meth:`Batcher._submit_special` and :meth:`Batcher._place`
+  (shared input slots are the pure ``_sharing`` module), ``submit_many`` parks
+  its caller once for all its items (``_many``), and ``cancel_abandoned``
+  runs each started batch in a cancel scope that the last caller to give up
+  cancels.
 * The block's life is one :class:`_Phase`: ``OPEN`` → ``DRAINING`` (the body
   returned) or ``TORN_DOWN`` (it raised or was cancelled) → ``CLOSED`` (the
   nursery is gone; whoever is still parked gets ``BatcherClosed``).
