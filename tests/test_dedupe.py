@@ -461,3 +461,23 @@ async def test_submit_many_with_costs_and_dedupe(autojump_clock: trio.testing.Mo
         "k:1",
     ]
     assert [inputs for _, inputs, _ in process.calls] == [[2, 1]]
+
+
+async def test_a_sharers_deadline_moves_its_batch_timer_earlier(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    process = Process()
+    policy = tb.Duration(10.0, deadline_margin=0.5)
+    async with tb.open_batcher(process, dedupe=True, policy=policy) as b:
+        async with trio.open_nursery() as nursery:
+            first = await submit_all(nursery, b, "k", [1])
+
+            async def impatient(task_status: trio.TaskStatus[None]) -> None:
+                with trio.move_on_after(2.0):
+                    task_status.started()
+                    await b.submit("k", 1)
+
+            await nursery.start(impatient)
+    # Started 0.5 s before the sharer's deadline, not at t=10.
+    assert process.calls == [("k", [1], 1.5)]
+    assert first[0].unwrap() == "k:1"

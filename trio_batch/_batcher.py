@@ -751,11 +751,19 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             sharing: SharingKeyState[I, Any] = state  # type: ignore[assignment]
             slot = sharing.share(identity, waiter)
             if slot is not None:
-                # A sharer: the batch does not change, so nothing starts.
+                # A sharer: the batch does not change, so nothing starts; only
+                # a deadline of the sharer's may move its batch's timer earlier.
+                batch = waiter.batch = slot.batch
                 waiter.slot = slot
-                waiter.batch = slot.batch
                 if dispatch is not None:
                     self._accepted(key, waiter, slot.members[0].item_id)
+                if (
+                    self._deadline_margin is not None
+                    and self._timers is not None
+                    and batch is not None
+                    and batch.state == WAITING
+                ):
+                    self._set_timer(key, state, batch, self._caller_deadline())
                 return waiter
         cost: float | None = None
         if self._cost is not None:
