@@ -527,46 +527,69 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             raise TypeError(
                 f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}"
             ) from None
+        cost: float | None = None
         if self._cost is not None:
-            return await self._submit_costed(key, item, state)
+            try:
+                cost = self._cost_of(key, item)
+            except Exception:
+                # Nothing was queued: cost(item)'s own error unchanged, an
+                # invalid cost, or an oversize item (Oversize.REJECT).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
         if state is None:
             state = keys[key] = KeyState()
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
-        # Waiters for room are ahead of this item (FIFO): it may not jump them.
+        limits = self._limits
+        # Waiters for room are ahead of this item (FIFO): it may not jump them,
+        # however cheap it is.
         if state.overflow:
             batch = None
         else:
             waiter = _Waiter(self, task, key, state)
-            batch = state.add(item, waiter, self._policy, self._limits)
+            if cost is None:
+                batch = state.add(item, waiter, self._policy, limits)
+            else:
+                batch = state.add_costed(item, waiter, cost, self._policy, limits)
         if batch is None:
             if self._wait_for_room:
-                return await self._wait_for_room_in(key, state, item, task, None)
+                if (
+                    cost is not None
+                    and state.waiting
+                    and state.started < limits.max_key_concurrency
+                ):
+                    # Not fitting by cost, it closed the newest batch (now full).
+                    self._start_batches(key, state, after_finish=False)
+                return await self._wait_for_room_in(key, state, item, task, cost)
             self._forget_if_idle(key, state)
             if dispatch is not None:
                 dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise Rejected(
                 f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
-                f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
+                f"(max_batch_queue_size={limits.max_batch_queue_size})"
             )
         waiter.batch = batch
         if dispatch is not None:
             waiter.item_id = new_id()
             waiter.accepted_at = now = trio.current_time()
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
-        if batch.state == WAITING:
-            if self._timers is not None:
-                self._set_timer(key, state, batch, self._caller_deadline())
+        if batch.state == WAITING and self._timers is not None:
+            self._set_timer(key, state, batch, self._caller_deadline())
+        if cost is None:
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
             # Under Size and Duration, only an arrival that fills it can.
             if (
-                (batch.filled or not self._policy._fill_only_on_arrival)
-                and state.started < self._limits.max_key_concurrency
+                batch.state == WAITING
+                and (batch.filled or not self._policy._fill_only_on_arrival)
+                and state.started < limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
                 self._start_batches(key, state, after_finish=False)
+        elif state.waiting and state.started < limits.max_key_concurrency:
+            # The item's batch, or the batch it closed by not fitting, may be ready.
+            self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     async def _submit_special(self, key: K, item: I) -> O:
@@ -815,7 +838,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if dispatch is not None:
             self._accepted(key, waiter, None)
         if cost is not None:
-            # As _submit_costed: the item's batch, or one it closed, may be ready.
+            # As in submit: the item's batch, or one it closed, may be ready.
             if batch.state == WAITING and self._timers is not None:
                 self._set_timer(key, state, batch, self._caller_deadline())
             if state.waiting and state.started < limits.max_key_concurrency:
@@ -845,19 +868,16 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         return TypeError(f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}")
 
     def _cost_of(self, key: K, item: I) -> float:
-        """``cost(item)``, checked; nothing is queued here.
+        """``cost(item)``, checked: a finite number >= 0 that the limits allow.
 
         Raises:
             Exception: whatever ``cost(item)`` raised, unchanged.
             TypeError: it returned something that is not a real number.
             ValueError: it returned a negative, NaN or infinite number.
-            Rejected: the item alone exceeds ``max_batch_cost`` with
-                ``Oversize.REJECT`` (observers see it rejected).
+            Rejected: the item alone costs more than ``max_batch_cost`` and
+                ``oversize`` is ``Oversize.REJECT``.
         """
         assert self._cost is not None
-        limits = self._limits
-        dispatch = self._dispatch
-        # The caller's own error propagates unchanged.
         value: object = self._cost(item)
         cost: float
         if type(value) is int or type(value) is float:
@@ -877,9 +897,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 f"batcher {self._name!r}: cost(item) for key {_key_repr.repr(key)} must be "
                 f"a finite number >= 0, got {cost!r}; nothing was queued"
             )
+        limits = self._limits
         if limits.oversize is Oversize.REJECT and is_oversize(cost, limits):
-            if dispatch is not None:
-                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            if self._dispatch is not None:
+                self._dispatch.emit(
+                    "item_rejected", ItemRejected(self._name, key, trio.current_time())
+                )
             raise Rejected(
                 f"batcher {self._name!r}: an item of key {_key_repr.repr(key)} costs "
                 f"{cost!r}, more than max_batch_cost={limits.max_batch_cost!r}; it was "
@@ -887,58 +910,6 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 "batch of its own)"
             )
         return cost
-
-    @trio.lowlevel.enable_ki_protection
-    async def _submit_costed(self, key: K, item: I, state: KeyState[I, _Waiter] | None) -> O:
-        """:meth:`submit` with a cost function, from the point where the key is known.
-
-        A separate path, so a batcher without one pays nothing for costs.
-        Protected from KeyboardInterrupt like :meth:`submit` (it changes the
-        key's queue); ``cost(item)`` runs here too, so it must be quick.
-        """
-        limits = self._limits
-        dispatch = self._dispatch
-        try:
-            cost = self._cost_of(key, item)
-        except BaseException:
-            # Nothing was queued.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise
-        if state is None:
-            state = self._keys[key] = KeyState()
-        task = trio.lowlevel.current_task()
-        # Waiters for room are ahead of this item (FIFO): it may not jump them,
-        # however cheap it is.
-        if state.overflow:
-            batch = None
-        else:
-            waiter = _Waiter(self, task, key, state)
-            batch = state.add_costed(item, waiter, cost, self._policy, limits)
-        if batch is None:
-            if self._wait_for_room:
-                # It may have closed the newest batch (it counts as full now).
-                if state.waiting and state.started < limits.max_key_concurrency:
-                    self._start_batches(key, state, after_finish=False)
-                return await self._wait_for_room_in(key, state, item, task, cost)
-            self._forget_if_idle(key, state)
-            if dispatch is not None:
-                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise Rejected(
-                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
-                f"(max_batch_queue_size={limits.max_batch_queue_size})"
-            )
-        waiter.batch = batch
-        if dispatch is not None:
-            waiter.item_id = new_id()
-            waiter.accepted_at = now = trio.current_time()
-            dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
-        if batch.state == WAITING and self._timers is not None:
-            self._set_timer(key, state, batch, self._caller_deadline())
-        # The item's batch, or the batch it closed by not fitting, may be ready.
-        if state.waiting and state.started < limits.max_key_concurrency:
-            self._start_batches(key, state, after_finish=False)
-        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     async def _wait_for_room_in(
         self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None

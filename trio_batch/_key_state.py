@@ -150,6 +150,16 @@ class KeyState(Generic[I, W]):
         """Total cost of the items in batches that have not begun processing."""
         return sum(b.cost for b in itertools.chain(self.starting, self.waiting))
 
+    def newest(self) -> Batch[I, W] | None:
+        """The newest batch in the queue (the one an arriving item may join)."""
+        # Batches start in FIFO order: every started batch is older than every
+        # waiting one.
+        if self.waiting:
+            return self.waiting[-1]
+        if self.starting:
+            return self.starting[-1]
+        return None
+
     def queued_batches(self) -> list[Batch[I, W]]:
         """Batches that have not begun processing, oldest first."""
         return [*self.starting, *self.waiting]
@@ -169,12 +179,7 @@ class KeyState(Generic[I, W]):
         timer if the policy has one, and call :meth:`start_allowed`). When there
         is no room nothing changes.
         """
-        if self.waiting:
-            newest: Batch[I, W] | None = self.waiting[-1]
-        elif self.starting:
-            newest = self.starting[-1]
-        else:
-            newest = None
+        newest = self.newest()
         if newest is None or len(newest.inputs) >= limits.max_batch_size:
             if newest is not None and rejects_when_full(policy):
                 return None
@@ -207,12 +212,7 @@ class KeyState(Generic[I, W]):
         rejects the others first, see ``_policies.is_oversize``): it gets a new
         batch of its own, which counts as full.
         """
-        if self.waiting:
-            newest: Batch[I, W] | None = self.waiting[-1]
-        elif self.starting:
-            newest = self.starting[-1]
-        else:
-            newest = None
+        newest = self.newest()
         max_cost = limits.max_batch_cost
         if newest is None or not (
             len(newest.inputs) < limits.max_batch_size
