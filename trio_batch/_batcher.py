@@ -479,6 +479,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         the caller's task, before the item is queued; the item joins the
         newest batch of its key only if it fits by count and by cost.
 
+        With ``open_batcher(dedupe=...)``, an item whose identity is in a batch
+        of its key that has not finished shares that item's input (and its
+        output, or its own instance of the same error); ``cost`` is not called
+        for it. A caller sharing an input that is cancelled before processing
+        leaves it to the others. With ``open_batcher(cache=...)``, an output
+        cached under ``(key, identity)`` is returned without queueing.
+
         Returns:
             The output that ``process`` returned at this item's position (for an
             ``outcome.Value(v)`` output, ``v``).
@@ -498,12 +505,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             BatcherClosed: the block has exited or is draining, or it was left
                 by an exception or cancellation while this item waited.
             TypeError: ``key`` is not hashable, or ``cost(item)`` returned
-                something that is not an ``int`` or ``float``; the item was not
-                queued.
+                something that is not an ``int`` or ``float``, or (with
+                ``dedupe`` or ``cache``) the item's identity is not hashable;
+                the item was not queued.
             ValueError: ``cost(item)`` returned a negative, NaN or infinite
                 number; the item was not queued.
-            Exception: whatever ``cost(item)`` raised, unchanged; the item was
-                not queued.
+            Exception: whatever ``cost(item)`` or the ``dedupe`` function
+                raised, unchanged; the item was not queued.
             RuntimeError: called from a Trio run other than the one that
                 opened the batcher.
         """
