@@ -130,7 +130,10 @@ async def main(argv: Sequence[str] | None = None) -> list[LoadResult]:
                     create_app(path), config, shutdown_trigger=stop.wait, task_status=task_status
                 )
             )
-            print(f"serving on {binds[0]}; {args.clients} clients, {args.requests} requests each")
+            print(
+                f"serving on {binds[0]}; {args.clients} clients, "
+                f"{args.requests} requests per endpoint"
+            )
             limits = httpx.Limits(max_connections=args.clients)
             async with httpx.AsyncClient(base_url=binds[0], limits=limits, timeout=60) as client:
                 for endpoint in ("/posts", "/naive/posts"):
