@@ -481,3 +481,17 @@ async def test_a_sharers_deadline_moves_its_batch_timer_earlier(
     # Started 0.5 s before the sharer's deadline, not at t=10.
     assert process.calls == [("k", [1], 1.5)]
     assert first[0].unwrap() == "k:1"
+
+
+async def test_a_sharer_that_joins_during_processing_waited_zero(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = Events()
+    async with tb.open_batcher(Process(), dedupe=True, observers=[events]) as b:
+        async with trio.open_nursery() as nursery:
+            await submit_all(nursery, b, "k", [1])
+            await trio.sleep(0.5)
+            await submit_all(nursery, b, "k", [1])
+    (finished,) = events.of(tb.BatchFinished)
+    assert finished.queue_waits == (0.0, 0.0)
+    assert len(finished.item_ids) == 2

@@ -1397,7 +1397,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 size=len(run.batch.inputs) if processed else 0,
                 reason=run.reason,
                 item_ids=tuple(waiter.item_id for waiter in waiters),
-                queue_waits=tuple(began - waiter.accepted_at for waiter in waiters),
+                # A sharer may join after processing began: it waited 0.
+                queue_waits=tuple(max(0.0, began - waiter.accepted_at) for waiter in waiters),
                 acquire_seconds=began - run.started_at,
                 process_seconds=now - began,
                 outcome=status,

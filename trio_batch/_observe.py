@@ -153,11 +153,13 @@ class BatchStarted:
     key: Any
     #: Identifies the batch in its :class:`BatchFinished`; unique within the process.
     batch_id: int
-    #: Items in the batch as its task begins (it may still grow while acquiring).
+    #: Items in the batch as its task begins (it may still grow while acquiring);
+    #: with ``dedupe``, inputs (a shared input counts once).
     size: int
     #: The rule that started it.
     reason: StartReason
-    #: The ids of its items so far, in arrival order.
+    #: The ids of its items so far, in arrival order; with ``dedupe``, input by
+    #: input, each followed by the items that share it.
     item_ids: tuple[int, ...]
     #: ``trio.current_time()`` when the policy started it.
     time: float
@@ -186,10 +188,12 @@ class BatchFinished:
     size: int
     #: The rule that started it; ``None`` if it never started.
     reason: StartReason | None
-    #: The ids of its items, in arrival order (withdrawn items excluded).
+    #: The ids of its items, in arrival order (withdrawn items excluded); with
+    #: ``dedupe``, input by input, each followed by the items that share it.
     item_ids: tuple[int, ...]
     #: Per item, seconds from acceptance until ``process`` was called (or until
-    #: the batch ended, if ``process`` never was).
+    #: the batch ended, if ``process`` never was); 0 for an item that shared an
+    #: input after processing began.
     queue_waits: tuple[float, ...]
     #: Seconds from start until ``process`` was called (acquiring the resource).
     acquire_seconds: float
