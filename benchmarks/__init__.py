@@ -6,6 +6,8 @@ aiodataloader under asyncio where it applies (``_peers``). Results are reported
 as absolute figures and as ratios to the floor measured in the same run. Not
 part of the test suite; ``tests/test_benchmarks_smoke.py`` runs every workload
 at a tiny size so this package cannot rot. See ``docs/performance.md``.
+The DataLoader workloads (deduplication, ``submit_many``) are in ``_dataloader``:
+``python -m benchmarks._dataloader``.
 """
 
 from ._floor import FloorBatcher, open_floor

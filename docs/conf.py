@@ -82,6 +82,7 @@ OTHER_PAGES = {
     "opentelemetry.trace.TracerProvider": f"{OTEL_DOCS}api/trace.html",
     "opentelemetry.trace.get_tracer_provider": f"{OTEL_DOCS}api/trace.html",
     "prometheus_client.registry.CollectorRegistry": "https://prometheus.github.io/client_python/",
+    "outcome.Outcome": "https://outcome.readthedocs.io/en/latest/api.html#outcome.Outcome",
 }
 
 #: Annotations that Sphinx writes without their module -> the name to link.
@@ -185,7 +186,10 @@ def _merge_private_modules(app: Sphinx) -> None:
         package.attr_docs.update(private.attr_docs)
         package.tagorder.update(private.tagorder)
         for qualname, overloads in private.overloads.items():
-            function = getattr(trio_batch, qualname)
+            # A method's overloads have a dotted name (Batcher.submit_many).
+            function: Any = trio_batch
+            for part in qualname.split("."):
+                function = getattr(function, part)
             package.overloads[qualname] = [
                 _with_source_defaults(overload, function) for overload in overloads
             ]

@@ -399,6 +399,47 @@ async def test_with_a_cost_function_it_learns_per_unit_of_cost(
     assert sorted(outcomes.values.values()) == ["a", "b", "c", "d", "e"]
 
 
+@pytest.mark.parametrize("dedupe", [False, True])
+async def test_learns_and_holds_with_dedupe_and_submit_many(
+    autojump_clock: trio.abc.Clock, dedupe: bool
+) -> None:
+    # The same story as test_behaves_like_immediate_then_holds_by_its_estimates,
+    # through the paths of issue 15: a shared input counts once, submit_many
+    # places items as single submits would.
+    starts = Starts()
+    process = Recorder(delay=0.1)
+    results: dict[str, list[str]] = {}
+
+    async def many(name: str, items: list[str]) -> None:
+        results[name] = await batcher.submit_many("k", items)
+
+    async with tb.open_batcher(
+        process, policy=tb.Adaptive(), limits=ONE_SLOT, observers=[starts], dedupe=dedupe
+    ) as batcher:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(many, "first", ["a"])
+            await trio.sleep_until(0.05)
+            nursery.start_soon(many, "second", ["b", "c"])
+            await trio.sleep_until(0.15)
+            nursery.start_soon(many, "third", ["d"])
+            await trio.sleep_until(0.2)
+            await trio.testing.wait_all_tasks_blocked()
+            known = batcher.estimates("k")
+            assert known is not None
+            assert known.timed_batches == 2
+    assert process.inputs() == [["a"], ["b", "c"], ["d"]]
+    assert results == {"first": ["k:a"], "second": ["k:b", "k:c"], "third": ["k:d"]}
+    assert [reason for reason, _, _ in starts.events] == [
+        Reason.NO_ESTIMATE,
+        Reason.NO_ESTIMATE,
+        Reason.ESTIMATED_OPTIMUM,
+    ]
+    # Arrivals at 0, 0.05, 0.05, 0.15: gaps 0.05, 0, 0.1 (mean 0.0535, 18.7/s);
+    # one slot: hold until 18.7 * 0.1 = 1.87 items, from 1.
+    rate = 1 / (0.05 + 0.1 * (0 - 0.05) + 0.1 * (0.1 - 0.045))
+    assert starts.events[2][1] == pytest.approx(0.2 + (rate * 0.1 - 1) / rate)
+
+
 async def test_estimates_of_other_policies_are_none(autojump_clock: trio.abc.Clock) -> None:
     async with tb.open_batcher(Recorder(delay=0.1), policy=tb.Immediate()) as batcher:
         async with trio.open_nursery() as nursery:

@@ -1255,6 +1255,287 @@ def test_batcher_properties(scenario: Scenario) -> None:
     check(run)
 
 
+# --- DataLoader conveniences (issue 15): dedupe, cache, submit_many -------------------
+#
+# Two properties of their own, with scripts of their own:
+#
+# 1. submit_many is consecutive submits: after the batcher has settled, the same
+#    items go in either by one submit_many or by as many tasks that, in the next
+#    scheduling round, each take the next item from a shared deque and submit it
+#    (so they are submitted in item order, in one round, from different tasks,
+#    whatever order Trio runs the tasks in). process calls, their times and every
+#    item's outcome must be the same.
+# 2. dedupe, cache and cancel_abandoned under scripted load with cancellations:
+#    every caller gets the output for its own identity (or a fitting error), no
+#    process call holds one identity twice, no identity of a key is in two
+#    unfinished batches at once, the cache holds only outputs of batches that
+#    succeeded, and nothing is left behind.
+
+
+def _identity_mod_3(item: int) -> int:
+    return item % 3
+
+
+#: Items that process fails alone (outcome.Error), and items that fail their batch.
+_ITEM_FAILS = 4
+_BATCH_FAILS = 5
+
+
+@dataclass
+class _DLRecord:
+    calls: list[tuple[str, list[int], float, float, bool]] = field(default_factory=list)
+    running: dict[str, list[set[int]]] = field(default_factory=lambda: defaultdict(list))
+    overlaps: list[str] = field(default_factory=list)
+
+
+def _dl_process(record: _DLRecord, delay: float, identity: Any) -> Any:
+    ident = (lambda x: x) if identity is None else identity
+
+    async def process(key: str, inputs: list[int]) -> list[Any]:
+        start = trio.current_time()
+        idents = {ident(x) for x in inputs}
+        for other in record.running[key]:
+            if idents & other:
+                record.overlaps.append(f"{key}: {idents & other} in two running batches")
+        record.running[key].append(idents)
+        ok = False
+        try:
+            await trio.sleep(delay)
+            if _BATCH_FAILS in inputs:
+                raise ValueError("batch fails")
+            ok = True
+            return [
+                outcome.Error(KeyError(x)) if x == _ITEM_FAILS else (key, ident(x)) for x in inputs
+            ]
+        finally:
+            record.running[key].remove(idents)
+            record.calls.append((key, list(inputs), start, trio.current_time(), ok))
+
+    return process
+
+
+_dl_limits = st.builds(
+    tb.Limits,
+    max_batch_size=st.integers(1, 4),
+    max_key_concurrency=st.integers(1, 2),
+    max_batch_queue_size=st.integers(1, 3),
+    overflow=st.sampled_from(list(tb.Overflow)),
+    # With a bound, items cost (item % 3) + 1 (see _dl_cost): never oversize.
+    max_batch_cost=st.none() | st.integers(3, 6),
+)
+
+
+def _dl_cost(item: int) -> int:
+    return item % 3 + 1
+
+
+def _summary(result: outcome.Outcome[Any]) -> Any:
+    if isinstance(result, outcome.Value):
+        return ("value", result.value)
+    error = result.error  # type: ignore[attr-defined]
+    return ("error", type(error), type(error.__cause__))
+
+
+@given(
+    data=st.data(),
+    limits=_dl_limits,
+    dedupe=st.sampled_from([False, True, _identity_mod_3]),
+    before=st.lists(st.integers(0, 6), max_size=4),
+    items=st.lists(st.integers(0, 6), max_size=8),
+    delay=st.sampled_from([0.0, 1.0]),
+)
+@settings(max_examples=200 * EXAMPLE_SCALE, deadline=None)
+def test_submit_many_is_consecutive_submits(
+    data: st.DataObject,
+    limits: tb.Limits,
+    dedupe: Any,
+    before: list[int],
+    items: list[int],
+    delay: float,
+) -> None:
+    policy = data.draw(policies(limits.max_batch_size, delays=st.sampled_from([0.0, 0.5])))
+
+    async def scenario(many: bool) -> tuple[list[Any], list[Any]]:
+        record = _DLRecord()
+        identity = None if dedupe is False or dedupe is True else dedupe
+        results: list[Any] = []
+        async with trio.open_nursery() as callers:
+            async with tb.open_batcher(
+                _dl_process(record, delay, identity),
+                policy=policy,
+                limits=limits,
+                dedupe=dedupe,
+                cost=None if limits.max_batch_cost is None else _dl_cost,
+            ) as batcher:
+                # Load already in the batcher, one caller at a time.
+                for item in before:
+                    callers.start_soon(outcome.acapture, batcher.submit, "k", item)
+                    await trio.testing.wait_all_tasks_blocked()
+                # In one step: the submit_many task, or one task per item, all
+                # run in the next scheduling round (outside the block, so that a
+                # Size batch that never fills is flushed by the drain).
+                if many:
+
+                    async def all_at_once() -> None:
+                        results.extend(await batcher.submit_many("k", items, outcomes=True))
+
+                    callers.start_soon(all_at_once)
+                else:
+                    pending = deque(enumerate(items))
+                    results.extend([None] * len(items))
+
+                    async def one() -> None:
+                        index, item = pending.popleft()
+                        results[index] = await outcome.acapture(batcher.submit, "k", item)
+
+                    for _ in items:
+                        callers.start_soon(one)
+                await trio.testing.wait_all_tasks_blocked()
+        # Batches that end in the same instant may end in any order (their
+        # runners are woken together): compare the calls as a sorted list.
+        calls = sorted((start, end, inputs) for _, inputs, start, end, _ in record.calls)
+        return calls, [_summary(r) for r in results]
+
+    many = trio.run(scenario, True, clock=trio.testing.MockClock(autojump_threshold=0))
+    single = trio.run(scenario, False, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert many == single
+
+
+@dataclass(frozen=True)
+class _DLOp:
+    #: "submit" (one caller), "many" (one submit_many) or "sleep".
+    kind: str
+    key: str = "a"
+    items: tuple[int, ...] = ()
+    #: Seconds until the caller is cancelled (None: never).
+    cancel_after: float | None = None
+    seconds: float = 0.0
+
+
+_dl_ops = st.one_of(
+    st.builds(
+        _DLOp,
+        kind=st.just("submit"),
+        key=st.sampled_from(KEYS),
+        items=st.tuples(st.integers(0, 6)),
+        cancel_after=st.none() | st.sampled_from([0.0, 0.5, 1.5]),
+    ),
+    st.builds(
+        _DLOp,
+        kind=st.just("many"),
+        key=st.sampled_from(KEYS),
+        items=st.lists(st.integers(0, 6), max_size=5).map(tuple),
+        cancel_after=st.none() | st.sampled_from([0.0, 0.5, 1.5]),
+    ),
+    st.builds(_DLOp, kind=st.just("sleep"), seconds=st.sampled_from([0.0, 0.5, 1.0])),
+)
+
+
+@given(
+    data=st.data(),
+    limits=_dl_limits,
+    dedupe=st.sampled_from([False, True, _identity_mod_3]),
+    use_cache=st.booleans(),
+    cancel_abandoned=st.booleans(),
+    script=st.lists(_dl_ops, max_size=12),
+)
+@settings(max_examples=300 * EXAMPLE_SCALE, deadline=None)
+def test_dedupe_cache_and_cancel_abandoned_under_load(
+    data: st.DataObject,
+    limits: tb.Limits,
+    dedupe: Any,
+    use_cache: bool,
+    cancel_abandoned: bool,
+    script: list[_DLOp],
+) -> None:
+    policy = data.draw(policies(limits.max_batch_size, delays=st.sampled_from([0.0, 1.0])))
+    identity = _identity_mod_3 if dedupe is _identity_mod_3 else (lambda x: x)
+    record = _DLRecord()
+    cache: dict[Any, Any] | None = {} if use_cache else None
+    # (key, item, outcome or None if cancelled, cancelled)
+    settled: list[tuple[str, int, Any]] = []
+    cache_seen: list[dict[Any, Any]] = []
+
+    async def caller(batcher: Batcher, op: _DLOp) -> None:
+        with trio.CancelScope() as scope:
+            if op.cancel_after is not None:
+                scope.deadline = trio.current_time() + op.cancel_after
+            if op.kind == "submit":
+                single = await outcome.acapture(batcher.submit, op.key, op.items[0])
+                if isinstance(single, outcome.Error) and isinstance(single.error, trio.Cancelled):
+                    single.unwrap()  # to the scope
+                settled.append((op.key, op.items[0], single))
+                return
+            results = await batcher.submit_many(op.key, op.items, outcomes=True)
+            assert len(results) == len(op.items)
+            for item, result in zip(op.items, results, strict=True):
+                settled.append((op.key, item, result))
+        if scope.cancelled_caught:
+            for item in op.items:
+                settled.append((op.key, item, None))
+
+    async def main() -> None:
+        async with trio.open_nursery() as callers:
+            async with tb.open_batcher(
+                _dl_process(record, 1.0, None if dedupe in (False, True) else dedupe),
+                policy=policy,
+                limits=limits,
+                dedupe=dedupe,
+                cache=cache,
+                cancel_abandoned=cancel_abandoned,
+                cost=None if limits.max_batch_cost is None else _dl_cost,
+            ) as batcher:
+                for op in script:
+                    if op.kind == "sleep":
+                        await trio.sleep(op.seconds)
+                    else:
+                        callers.start_soon(caller, batcher, op)
+                        await trio.testing.wait_all_tasks_blocked()
+                    if cache is not None:
+                        cache_seen.append(dict(cache))
+        assert batcher.statistics() == tb.BatcherStatistics(0, 0, 0, 0)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    # One outcome per item submitted.
+    submitted = sum(len(op.items) if op.kind == "many" else op.kind == "submit" for op in script)
+    assert len(settled) == submitted
+    for key, item, result in settled:
+        if result is None:
+            continue
+        if isinstance(result, outcome.Value):
+            # Its own identity's output, whoever shared it.
+            assert result.value == (key, identity(item))
+            continue
+        error = result.error
+        assert isinstance(error, tb.ItemFailed | tb.BatchFailed | tb.Rejected), error
+        if isinstance(error, tb.ItemFailed):
+            assert identity(item) == identity(_ITEM_FAILS)
+    if dedupe is not False:
+        assert record.overlaps == []
+        for _, inputs, _, _, _ in record.calls:
+            idents = [identity(x) for x in inputs]
+            assert len(idents) == len(set(idents)), "one identity twice in a batch"
+    for _, inputs, _, _, _ in record.calls:
+        assert 1 <= len(inputs) <= limits.max_batch_size
+        if limits.max_batch_cost is not None:
+            # A shared input costs once.
+            assert sum(_dl_cost(x) for x in inputs) <= limits.max_batch_cost
+    if cache is not None:
+        succeeded = {
+            (key, identity(x))
+            for key, inputs, _, _, ok in record.calls
+            if ok
+            for x in inputs
+            if x != _ITEM_FAILS
+        }
+        for snapshot in [*cache_seen, cache]:
+            for (key, ident), value in snapshot.items():
+                # Only successful outputs of batches that succeeded.
+                assert value == (key, ident)
+                assert (key, ident) in succeeded
+
+
 # --------------------------------------------------------------------------------------
 # Costs (issue 14): a script of its own, checked with the rules that costs add.
 #

@@ -595,3 +595,209 @@ TestKeyState = KeyStateMachine.TestCase
 TestKeyState.settings = settings(
     max_examples=400 * EXAMPLE_SCALE, stateful_step_count=50, deadline=None
 )
+
+
+# --- dedupe: shared slots (issue 15) ---------------------------------------------
+
+from trio_batch._sharing import SharingKeyState, Slot  # noqa: E402
+
+#: A caller: (identity, serial number).
+Caller = tuple[int, int]
+SharedBatch = Batch[int, Slot[Caller]]
+
+
+class SharingMachine(RuleBasedStateMachine):
+    """The pure layer of ``dedupe``: callers share the slot of an equal identity.
+
+    The model plays the batcher: it shares or queues each caller, withdraws
+    members (a slot leaves its batch only with its last member), begins and
+    finishes batches in any order, gives up processing batches
+    (``cancel_abandoned``) and admits callers waiting for room.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: SharingKeyState[int, Caller] = SharingKeyState()
+        self.serial = itertools.count()
+        self.batches: list[SharedBatch] = []
+        self.running: list[SharedBatch] = []
+        self.given_up: set[int] = set()
+        self.processed: list[list[int]] = []
+        #: Every caller that is in a slot, and the slot it is in.
+        self.where: dict[Caller, Slot[Caller]] = {}
+
+    @initialize(data=st.data())
+    def configure(self, data: st.DataObject) -> None:
+        self.limits = data.draw(
+            st.builds(
+                tb.Limits,
+                max_batch_size=st.integers(1, 3),
+                max_key_concurrency=st.integers(1, 2),
+                max_batch_queue_size=st.integers(1, 3),
+                overflow=st.sampled_from(list(tb.Overflow)),
+                # With a cost bound, each input costs (identity % 3) + 1.
+                max_batch_cost=st.none() | st.integers(3, 6),
+            ),
+            label="limits",
+        )
+        choices: list[tb.Policy] = [tb.Immediate(), tb.Size()]
+        self.policy = data.draw(st.sampled_from(choices), label="policy")
+
+    def queue(self) -> list[SharedBatch]:
+        return self.state.queued_batches()
+
+    def start(self, *, after_finish: bool = False) -> None:
+        started = self.state.start_allowed(self.policy, self.limits, after_finish=after_finish)
+        self.running.extend(started)
+
+    def admit(self) -> None:
+        for waiter, slot, batch, shared in self.state.admit_shared(self.policy, self.limits):
+            assert slot.batch is batch
+            assert any(member is waiter for member in slot.members)
+            self.where[waiter] = slot
+            if not shared and batch not in self.batches:
+                self.batches.append(batch)
+        self.start()
+
+    @rule(identity=st.integers(0, 3))
+    def submit(self, identity: int) -> None:
+        caller = (identity, next(self.serial))
+        unfinished = identity in self.state.slots
+        slot = self.state.share(identity, caller)
+        if slot is not None:
+            # A sharer: never rejected, never opens a batch, the batch is unchanged.
+            assert unfinished
+            assert slot.batch is not None
+            assert slot.batch.state != DONE
+            self.where[caller] = slot
+            return
+        assert not unfinished
+        own = Slot(identity, caller)
+        cost = None if self.limits.max_batch_cost is None else identity % 3 + 1
+        if self.state.overflow:
+            batch = None
+        elif cost is None:
+            batch = self.state.add(identity, own, self.policy, self.limits)
+        else:
+            batch = self.state.add_costed(identity, own, cost, self.policy, self.limits)
+        if batch is None:
+            if self.limits.overflow is tb.Overflow.WAIT:
+                self.state.overflow.append((identity, own, cost))
+            return
+        assert own.batch is not None
+        assert own.batch is batch
+        assert self.state.slots[identity] is own
+        self.where[caller] = own
+        if batch not in self.batches:
+            self.batches.append(batch)
+        self.start()
+
+    @precondition(
+        lambda self: any(s.batch.state <= STARTING for s in self.where.values() if s.batch)
+    )
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        callers = [
+            c
+            for c, slot in self.where.items()
+            if slot.batch is not None and slot.batch.state <= STARTING
+        ]
+        caller = data.draw(st.sampled_from(callers))
+        slot = self.where.pop(caller)
+        batch = slot.batch
+        assert batch is not None
+        others = len(slot.members) - 1
+        last = self.state.leave(slot, caller)
+        assert last == (others == 0)
+        if last:
+            self.state.withdraw(batch, slot)
+            assert (
+                slot.identity not in self.state.slots or self.state.slots[slot.identity] is not slot
+            )
+            assert all(s is not slot for s in batch.waiters)
+        self.admit()
+        self.start()
+
+    @precondition(lambda self: bool(self.state.overflow))
+    @rule(data=st.data())
+    def cancel_waiter(self, data: st.DataObject) -> None:
+        _, slot, _ = data.draw(st.sampled_from(list(self.state.overflow)))
+        self.state.leave_overflow(slot)
+
+    @precondition(lambda self: bool(self.state.starting))
+    @rule(data=st.data())
+    def begin_processing(self, data: st.DataObject) -> None:
+        batch = data.draw(st.sampled_from(self.state.starting))
+        assert self.state.begin_processing(batch)
+        self.processed.append(list(batch.inputs))
+        self.admit()
+
+    @precondition(lambda self: any(b.state == PROCESSING for b in self.running))
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        # cancel_abandoned: nobody may join a batch that is being cancelled.
+        batch = data.draw(st.sampled_from([b for b in self.running if b.state == PROCESSING]))
+        self.state.unshare(batch)
+        self.given_up.add(id(batch))
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        batch = data.draw(st.sampled_from(self.running))
+        self.running.remove(batch)
+        slots = self.state.finish(batch)
+        for slot in slots:
+            for member in slot.members:
+                assert self.where.pop(member) is slot
+        self.admit()
+        self.start(after_finish=True)
+
+    # -- invariants -------------------------------------------------------------
+
+    @invariant()
+    def shared_slots_count_once(self) -> None:
+        state = self.state
+        assert len(state.starting) + len(state.waiting) <= self.limits.max_batch_queue_size
+        max_cost = self.limits.max_batch_cost
+        for batch in self.queue():
+            assert 0 < batch.size <= self.limits.max_batch_size
+            assert batch.size == len(batch.waiters)
+            if max_cost is not None:
+                # A shared input costs once: its first item's cost.
+                assert batch.cost == sum(identity % 3 + 1 for identity in batch.inputs)
+                assert batch.cost <= max_cost
+            for slot in batch.waiters:
+                # A slot in a batch not yet processing has a member.
+                assert slot.members
+                assert slot.batch is batch
+
+    @invariant()
+    def slots_map_each_identity_to_its_one_unfinished_slot(self) -> None:
+        live = [
+            slot
+            for batch in self.batches
+            if batch.state != DONE and id(batch) not in self.given_up
+            for slot in batch.waiters
+        ]
+        identities = [slot.identity for slot in live]
+        assert len(identities) == len(set(identities)), "one identity in two slots"
+        assert {slot.identity: slot for slot in live} == self.state.slots
+        for batch in self.batches:
+            assert batch.inputs == [slot.identity for slot in batch.waiters]
+
+    @invariant()
+    def every_caller_is_in_one_slot(self) -> None:
+        for caller, slot in self.where.items():
+            assert caller[0] == slot.identity
+            assert sum(member is caller for member in slot.members) == 1
+
+    @invariant()
+    def processed_inputs_are_distinct(self) -> None:
+        for inputs in self.processed:
+            assert len(inputs) == len(set(inputs))
+
+
+TestSharing = SharingMachine.TestCase
+TestSharing.settings = settings(
+    max_examples=300 * EXAMPLE_SCALE, stateful_step_count=50, deadline=None
+)

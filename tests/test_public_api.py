@@ -76,6 +76,7 @@ def test_package_is_typed() -> None:
 def test_batcher_has_one_construction_path() -> None:
     # Only open_batcher builds a Batcher; its constructor is not documented API.
     sig = inspect.signature(tb.open_batcher)
+    options = ["dedupe", "cache", "cancel_abandoned"]
     assert list(sig.parameters) == [
         "process",
         "acquire",
@@ -84,6 +85,7 @@ def test_batcher_has_one_construction_path() -> None:
         "name",
         "observers",
         "cost",
+        *options,
     ]
-    for name in ["acquire", "policy", "limits", "name", "observers", "cost"]:
+    for name in ["acquire", "policy", "limits", "name", "observers", "cost", *options]:
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

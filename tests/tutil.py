@@ -385,7 +385,12 @@ async def never_called_with_resource(key: Any, inputs: list[Any], resource: Any)
 
 
 ObserverEvent: TypeAlias = (
-    tb.ItemAccepted | tb.ItemRejected | tb.ItemWithdrawn | tb.BatchStarted | tb.BatchFinished
+    tb.ItemAccepted
+    | tb.ItemRejected
+    | tb.ItemWithdrawn
+    | tb.BatchStarted
+    | tb.BatchFinished
+    | tb.CacheHit
 )
 
 
@@ -422,6 +427,9 @@ class Events:
 
     def batch_finished(self, event: tb.BatchFinished) -> None:
         self._record(event)
+
+    def cache_hit(self, event: tb.CacheHit) -> None:
+        self.events.append(event)
 
     def of(self, kind: type[Any]) -> list[Any]:
         """The events of type ``kind``, in order."""

@@ -32,6 +32,13 @@ batcher knows:
   whatever the policy now allows. Each of those steps has exactly one owner,
   here, so no counter can drift between tasks, and no user code runs between
   freeing the slot and delivering (the end of a batch is total).
+* DataLoader's conveniences take a path of their own, so that ``submit``
+  without them pays one truth test (``_special``): ``dedupe`` and ``cache``
+  go through :meth:`Batcher._submit_special` and :meth:`Batcher._place`
+  (shared input slots are the pure ``_sharing`` module), ``submit_many`` parks
+  its caller once for all its items (``_many``), and ``cancel_abandoned``
+  runs each started batch in a cancel scope that the last caller to give up
+  cancels.
 * The block's life is one :class:`_Phase`: ``OPEN`` → ``DRAINING`` (the body
   returned) or ``TORN_DOWN`` (it raised or was cancelled) → ``CLOSED`` (the
   nursery is gone; whoever is still parked gets ``BatcherClosed``).
@@ -55,12 +62,22 @@ import logging
 import math
 import numbers
 import reprlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from types import CoroutineType
-from typing import Any, Generic, NoReturn, TypeVar, final, overload
+from typing import Any, Generic, Literal, NoReturn, TypeVar, cast, final, overload
 
 import attrs
+import outcome
 import trio
 
 from ._adaptive import AdaptiveEstimates, KeyLearning
@@ -73,10 +90,12 @@ from ._errors import (
     ResourceAcquisitionFailed,
 )
 from ._key_state import STARTING, WAITING, Batch, KeyState
+from ._many import Group
 from ._observe import (
     BatchFinished,
     BatchOutcome,
     BatchStarted,
+    CacheHit,
     Dispatch,
     ItemAccepted,
     ItemRejected,
@@ -109,6 +128,7 @@ from ._policies import (
     start_reason,
 )
 from ._runners import RunnerPool
+from ._sharing import SharingKeyState, Slot, forget_slots, identity_of, members, spread
 from ._statistics import BatcherStatistics
 from ._timers import Timers
 
@@ -164,6 +184,10 @@ class _Options:
     dispatch: Dispatch | None
     #: None without a cost function.
     cost: Callable[[Any], float] | None
+    #: DataLoader's conveniences (issue 15).
+    dedupe: bool | Callable[[Any], Hashable] = False
+    cache: MutableMapping[Any, Any] | None = None
+    cancel_abandoned: bool = False
 
 
 class _NoPublicConstructor(type):
@@ -188,16 +212,23 @@ class _Waiter:
     closure and its cells.
     """
 
-    __slots__ = ("accepted_at", "batch", "batcher", "item_id", "key", "state", "task")
+    # ``slot`` is only set by batchers that deduplicate (the slot it shares).
+    __slots__ = ("accepted_at", "batch", "batcher", "item_id", "key", "slot", "state", "task")
+
+    slot: Slot[_Waiter]
 
     def __init__(
-        self, batcher: Batcher[Any, Any, Any], task: _Task, key: Any, state: KeyState[Any, Any]
+        self,
+        batcher: Batcher[Any, Any, Any],
+        task: _Task | None,
+        key: Any,
+        state: KeyState[Any, Any],
     ) -> None:
         self.batcher = batcher
         self.task: _Task | None = task
         self.key = key
         self.state = state
-        self.batch: Batch[Any, _Waiter] | None = None
+        self.batch: Batch[Any, Any] | None = None
         # Observed batchers only: the id and acceptance time observers see.
         self.item_id = -1
         self.accepted_at = 0.0
@@ -230,6 +261,39 @@ class _RoomWaiter(_Waiter):
 
 
 @final
+class _GroupItem(_Waiter):
+    """One item of a :meth:`Batcher.submit_many` call (see ``_many``).
+
+    Its ``task`` is always ``None``: the batch's delivery skips it, and the
+    batcher settles it into its :class:`~trio_batch._many.Group` instead. It
+    may wait for room like a :class:`_RoomWaiter`, with the same two fields.
+    """
+
+    __slots__ = ("context", "deadline", "group", "index")
+
+    def __init__(
+        self,
+        batcher: Batcher[Any, Any, Any],
+        key: Any,
+        state: KeyState[Any, Any],
+        group: Group,
+        index: int,
+    ) -> None:
+        # As _Waiter.__init__ (not called: this runs once per item).
+        self.batcher = batcher
+        self.task = None
+        self.key = key
+        self.state = state
+        self.batch = None
+        self.item_id = -1
+        self.accepted_at = 0.0
+        self.group = group
+        self.index = index
+        self.deadline = math.inf
+        self.context: contextvars.Context | None = None
+
+
+@final
 class _Run:
     """A started batch on its way through a runner: what only the batcher needs.
 
@@ -253,8 +317,8 @@ class _Run:
         self,
         batcher: Batcher[Any, Any, Any],
         key: Any,
-        state: KeyState[Any, _Waiter],
-        batch: Batch[Any, _Waiter],
+        state: KeyState[Any, Any],
+        batch: Batch[Any, Any],
     ) -> None:
         self.batcher = batcher
         self.key = key
@@ -285,14 +349,19 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
 
     __slots__ = (
         "__weakref__",
+        "_abandonable",
         "_acquire",
         "_acquiring",
         "_adaptive",
         "_batch_seconds",
+        "_cache",
+        "_cancel_abandoned",
         "_context",
         "_cost",
         "_deadline_margin",
         "_dispatch",
+        "_grouped",
+        "_identity",
         "_keys",
         "_limits",
         "_name",
@@ -302,6 +371,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_process",
         "_root",
         "_runners",
+        "_sharing",
+        "_special",
         "_timers",
         "_wait_for_room",
     )
@@ -321,7 +392,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # The run that opened the block: submit from any other is refused.
         self._root = trio.lowlevel.current_root_task()
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
-        self._keys: dict[K, KeyState[I, _Waiter]] = {}
+        self._keys: dict[K, KeyState[I, Any]] = {}
         self._nursery = nursery
         # Batches run in copies of the context that entered the block, never in
         # the context of whichever caller started them.
@@ -330,12 +401,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         self._wait_for_room = limits.overflow is Overflow.WAIT
         # Started batches acquiring their resource: withdrawing every item
         # cancels the scope, so the acquisition stops.
-        self._acquiring: dict[Batch[I, _Waiter], trio.CancelScope] = {}
+        self._acquiring: dict[Batch[I, Any], trio.CancelScope] = {}
         self._deadline_margin: float | None = None
         # Deadline awareness: moving average of how long a batch takes from its
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
-        self._timers: Timers[Batch[I, _Waiter], tuple[K, KeyState[I, _Waiter]]] | None = None
+        self._timers: Timers[Batch[I, Any], tuple[K, KeyState[I, Any]]] | None = None
         # Adaptive: keys learn, and a held batch starts from a timer.
         self._adaptive = isinstance(policy, Adaptive)
         if self._adaptive:
@@ -344,6 +415,20 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             self._deadline_margin = policy.deadline_margin
             if policy.delay_seconds != math.inf or policy.deadline_margin is not None:
                 self._timers = Timers(self._timer_expired)
+        # DataLoader's conveniences (see ``_sharing`` and ``_many``). With all of
+        # them off, ``submit`` pays one truth test (``_special``).
+        self._sharing = options.dedupe is not False
+        # The identity function; None when an item is its own identity.
+        self._identity: Callable[[Any], Hashable] | None = (
+            None if isinstance(options.dedupe, bool) else options.dedupe
+        )
+        self._cache = options.cache
+        self._special = self._sharing or options.cache is not None
+        self._cancel_abandoned = options.cancel_abandoned
+        # cancel_abandoned: the scope around acquiring and processing each started batch.
+        self._abandonable: dict[Batch[I, Any], trio.CancelScope] = {}
+        # submit_many has been called: batches may hold group items to settle.
+        self._grouped = False
 
     # -- public ----------------------------------------------------------------
 
@@ -413,6 +498,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         the caller's task, before the item is queued; the item joins the
         newest batch of its key only if it fits by count and by cost.
 
+        With ``open_batcher(dedupe=...)``, an item whose identity is in a batch
+        of its key that has not finished shares that item's input (and its
+        output, or its own instance of the same error); ``cost`` is not called
+        for it. A caller sharing an input that is cancelled before processing
+        leaves it to the others. With ``open_batcher(cache=...)``, an output
+        cached under ``(key, identity)`` is returned without queueing.
+
         Returns:
             The output that ``process`` returned at this item's position (for an
             ``outcome.Value(v)`` output, ``v``).
@@ -432,12 +524,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             BatcherClosed: the block has exited or is draining, or it was left
                 by an exception or cancellation while this item waited.
             TypeError: ``key`` is not hashable, or ``cost(item)`` returned
-                something that is not an ``int`` or ``float``; the item was not
-                queued.
+                something that is not an ``int`` or ``float``, or (with
+                ``dedupe`` or ``cache``) the item's identity is not hashable;
+                the item was not queued.
             ValueError: ``cost(item)`` returned a negative, NaN or infinite
                 number; the item was not queued.
-            Exception: whatever ``cost(item)`` raised, unchanged; the item was
-                not queued.
+            Exception: whatever ``cost(item)`` or the ``dedupe`` function
+                raised, unchanged; the item was not queued.
             RuntimeError: called from a Trio run other than the one that
                 opened the batcher.
         """
@@ -451,6 +544,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if self._phase is not _Phase.OPEN:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise BatcherClosed(f"batcher {self._name!r} is closed")
+        if self._special:
+            return await self._submit_special(key, item)
         keys = self._keys
         try:
             state = keys.get(key)
@@ -526,6 +621,293 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
+    async def _submit_special(self, key: K, item: I) -> O:
+        """``submit`` with ``dedupe`` or ``cache``: identity, cache, then place or share."""
+        try:
+            state = self._keys.get(key)
+        except TypeError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise self._unhashable_key(key) from None
+        try:
+            identity = identity_of(self._identity, item)
+        except BaseException:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        cache = self._cache
+        if cache is not None:
+            try:
+                cached = cache.get((key, identity), _MISSING)
+            except BaseException:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
+            if cached is not _MISSING:
+                if self._dispatch is not None:
+                    self._dispatch.emit(
+                        "cache_hit", CacheHit(self._name, key, new_id(), trio.current_time())
+                    )
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return cached  # type: ignore[no-any-return]
+        if state is None:
+            state = self._keys[key] = self._new_state()
+        try:
+            placed = self._place(
+                key, state, item, identity, _Waiter(self, trio.lowlevel.current_task(), key, state)
+            )
+        except BaseException:
+            # cost(item) failed or rejected it: nothing was queued.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        if type(placed) is Rejected:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise placed
+        assert isinstance(placed, _Waiter)
+        return await trio.lowlevel.wait_task_rescheduled(placed.abort)  # type: ignore[no-any-return]
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: Literal[False] = False
+    ) -> list[O]: ...
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: Literal[True]
+    ) -> list[outcome.Outcome[O]]: ...
+
+    @overload
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: bool
+    ) -> list[O] | list[outcome.Outcome[O]]: ...
+
+    @trio.lowlevel.enable_ki_protection
+    async def submit_many(
+        self, key: K, items: Iterable[I], *, outcomes: bool = False
+    ) -> list[O] | list[outcome.Outcome[O]]:
+        """Submit every item of ``items`` under ``key`` and wait for all their outputs.
+
+        The items are placed exactly as consecutive :meth:`submit` calls made in
+        one scheduling round by different tasks would place them (same batches,
+        same order, same rejection or waiting rules, same deduplication and
+        cache), but the caller parks once, not once per item. This is always a
+        checkpoint.
+
+        Cancellation withdraws every item whose batch has not begun processing,
+        exactly as for single submits; items already processing carry on for
+        whoever shares them, and their outputs are discarded.
+
+        Args:
+            key: the key of every item.
+            items: the items, in the order they are submitted.
+            outcomes: if true, return one :class:`outcome.Outcome` per item
+                (``outcome.Value(output)`` or ``outcome.Error(exc)`` with the
+                exception ``submit`` would have raised) and raise only
+                :exc:`trio.Cancelled`.
+
+        Returns:
+            The outputs in item order (or their outcomes), once every item has
+            its outcome.
+
+        Raises:
+            BatchError: with ``outcomes=False``, the first failure in item order
+                (any exception :meth:`submit` raises, ``TypeError`` included),
+                raised only after every item has settled: none is left in flight.
+            RuntimeError: called from a Trio run other than the one that
+                opened the batcher.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if trio.lowlevel.current_root_task() is not self._root:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
+            raise RuntimeError(
+                f"batcher {self._name!r} belongs to another Trio run; a batcher can "
+                "only be used from the trio.run that opened it"
+            )
+        try:
+            items = list(items)
+        except BaseException:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        group = Group(len(items))
+        self._grouped = True
+        waiters: list[_GroupItem] = []
+        if self._phase is not _Phase.OPEN:
+            for index in range(len(items)):
+                group.fail(index, BatcherClosed(f"batcher {self._name!r} is closed"))
+        else:
+            try:
+                self._keys.get(key)
+            except TypeError:
+                for index in range(len(items)):
+                    group.fail(index, self._unhashable_key(key))
+            else:
+                for index, item in enumerate(items):
+                    self._place_grouped(key, item, group, index, waiters)
+        if group.pending:
+            group.task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(partial(self._withdraw_many, group, waiters))
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if outcomes:
+            return group.outcomes()
+        return group.outputs()
+
+    def _place_grouped(
+        self, key: K, item: I, group: Group, index: int, waiters: list[_GroupItem]
+    ) -> None:
+        """Place one item of a ``submit_many`` call as ``submit`` would (settled if it cannot)."""
+        identity: Hashable = None
+        if self._special:
+            try:
+                identity = identity_of(self._identity, item)
+                cache = self._cache
+                cached = _MISSING if cache is None else cache.get((key, identity), _MISSING)
+            except Exception as exc:
+                group.fail(index, exc)
+                return
+            if cached is not _MISSING:
+                if self._dispatch is not None:
+                    self._dispatch.emit(
+                        "cache_hit", CacheHit(self._name, key, new_id(), trio.current_time())
+                    )
+                group.settle(index, cached)
+                return
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = self._new_state()
+        waiter = _GroupItem(self, key, state, group, index)
+        try:
+            placed = self._place(key, state, item, identity, waiter)
+        except Exception as exc:
+            # cost(item) failed or rejected it: nothing was queued.
+            group.fail(index, exc)
+            return
+        if type(placed) is Rejected:
+            group.fail(index, placed)
+        else:
+            waiters.append(waiter)
+
+    def _place(
+        self, key: K, state: KeyState[I, Any], item: I, identity: Hashable, waiter: _Waiter
+    ) -> _Waiter | Rejected:
+        """Share a slot, join or open a batch, wait for room, or be rejected.
+
+        What :meth:`submit` does between checking its arguments and parking,
+        for every caller that is not on the plain path. Returns the waiter to
+        park (a new :class:`_RoomWaiter` for a single caller that must wait for
+        room), or the :exc:`Rejected` to raise. With a cost function,
+        ``cost(item)`` is called for an item that brings its own input (never
+        for a sharer: a shared input counts once); whatever it raises
+        propagates, with nothing queued.
+        """
+        dispatch = self._dispatch
+        entry: Any = waiter
+        if self._sharing:
+            sharing: SharingKeyState[I, Any] = state  # type: ignore[assignment]
+            slot = sharing.share(identity, waiter)
+            if slot is not None:
+                # A sharer: the batch does not change, so nothing starts; only
+                # a deadline of the sharer's may move its batch's timer earlier.
+                batch = waiter.batch = slot.batch
+                waiter.slot = slot
+                if dispatch is not None:
+                    self._accepted(key, waiter, slot.members[0].item_id)
+                if self._adaptive and batch is not None:
+                    # The sharer's deadline counts for its batch (no new input).
+                    deadline = self._caller_deadline()
+                    if deadline < batch.caller_deadline:
+                        batch.caller_deadline = deadline
+                if (
+                    self._deadline_margin is not None
+                    and self._timers is not None
+                    and batch is not None
+                    and batch.state == WAITING
+                ):
+                    self._set_timer(key, state, batch, self._caller_deadline())
+                return waiter
+        cost: float | None = None
+        if self._cost is not None:
+            try:
+                cost = self._cost_of(key, item)
+            except BaseException:
+                self._forget_if_idle(key, state)
+                raise
+        if self._sharing:
+            entry = waiter.slot = Slot(identity, waiter)
+        limits = self._limits
+        # Waiters for room are ahead of this item (FIFO): it may not jump them.
+        if state.overflow:
+            batch = None
+        elif cost is None:
+            batch = state.add(item, entry, self._policy, limits)
+        else:
+            batch = state.add_costed(item, entry, cost, self._policy, limits)
+        if batch is None:
+            if self._wait_for_room:
+                if (
+                    cost is not None
+                    and state.waiting
+                    and state.started < limits.max_key_concurrency
+                ):
+                    # It may have closed the newest batch (it counts as full now).
+                    self._start_batches(key, state, after_finish=False)
+                deadline = self._caller_deadline()
+                context = None if dispatch is None else contextvars.copy_context()
+                if type(waiter) is _GroupItem:
+                    waiter.deadline = deadline
+                    waiter.context = context
+                else:
+                    assert waiter.task is not None
+                    waiter = _RoomWaiter(self, waiter.task, key, state, deadline, context)
+                    entry = waiter
+                    if self._sharing:
+                        entry = waiter.slot = Slot(identity, waiter)
+                state.overflow.append((item, entry, cost))
+                return waiter
+            self._forget_if_idle(key, state)
+            if dispatch is not None:
+                dispatch.emit("item_rejected", ItemRejected(self._name, key, trio.current_time()))
+            return Rejected(
+                f"batcher {self._name!r}: the queue of key {_key_repr.repr(key)} is full "
+                f"(max_batch_queue_size={self._limits.max_batch_queue_size})"
+            )
+        waiter.batch = batch
+        if dispatch is not None:
+            self._accepted(key, waiter, None)
+        # Duration timers (Adaptive's timers are set by its decision).
+        timed = self._timers is not None and not self._adaptive
+        if self._adaptive:
+            self._arrived(state, batch, self._caller_deadline())
+        if cost is not None:
+            # As in submit: the item's batch, or one it closed, may be ready.
+            if batch.state == WAITING and timed:
+                self._set_timer(key, state, batch, self._caller_deadline())
+            if state.waiting and state.started < limits.max_key_concurrency:
+                self._start_batches(key, state, after_finish=False)
+        elif batch.state == WAITING:
+            if timed:
+                self._set_timer(key, state, batch, self._caller_deadline())
+            if (
+                (batch.filled or not self._policy._fill_only_on_arrival)
+                and state.started < limits.max_key_concurrency
+                and state.waiting[0] is batch
+            ):
+                self._start_batches(key, state, after_finish=False)
+        return waiter
+
+    def _accepted(self, key: K, waiter: _Waiter, shares_with: int | None) -> None:
+        assert self._dispatch is not None
+        waiter.item_id = new_id()
+        waiter.accepted_at = now = trio.current_time()
+        event = ItemAccepted(self._name, key, waiter.item_id, now, shares_with=shares_with)
+        self._dispatch.emit("item_accepted", event)
+
+    def _new_state(self) -> KeyState[I, Any]:
+        state: KeyState[I, Any] = SharingKeyState() if self._sharing else KeyState()
+        if self._adaptive:
+            state.learned = KeyLearning()
+        return state
+
+    def _unhashable_key(self, key: object) -> TypeError:
+        return TypeError(f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}")
+
     def _cost_of(self, key: K, item: I) -> float:
         """``cost(item)``, checked: a finite number >= 0 that the limits allow.
 
@@ -591,9 +973,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
     def _withdraw(self, waiter: _Waiter) -> None:
         """A parked caller was cancelled (its ``abort_fn``)."""
         key, state, batch = waiter.key, waiter.state, waiter.batch
+        sharing = self._sharing
+        # What stands for the caller in the queue: its slot, when sharing.
+        entry: Any = waiter.slot if sharing else waiter
         if batch is None:
             # Still waiting for room: it leaves the line, and no trace.
-            if state.leave_overflow(waiter) and state.overflow and self._cost is not None:
+            if state.leave_overflow(entry) and state.overflow and self._cost is not None:
                 # With costs, the next in line may fit where this one did not.
                 self._admit(key, state)
             self._forget_if_idle(key, state)
@@ -601,6 +986,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if batch.state > STARTING:
             # Processing has begun: the batch carries on, the output is discarded.
             waiter.task = None
+            if self._cancel_abandoned:
+                self._cancel_if_abandoned(key, state, batch)
             return
         if self._dispatch is not None:
             now = trio.current_time()
@@ -608,7 +995,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 "item_withdrawn",
                 ItemWithdrawn(self._name, key, waiter.item_id, now, now - waiter.accepted_at),
             )
-        if state.withdraw(batch, waiter):
+        if sharing and not cast("SharingKeyState[I, Any]", state).leave(entry, waiter):
+            return  # others still share the slot: the batch does not change
+        if state.withdraw(batch, entry):
             if self._timers is not None:
                 self._timers.cancel(batch)
             scope = self._acquiring.get(batch)
@@ -626,21 +1015,35 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         elif state.overflow:
             self._admit(key, state)  # the batch has room again
 
-    def _admit(self, key: K, state: KeyState[I, _Waiter]) -> None:
+    def _admit(self, key: K, state: KeyState[I, Any]) -> None:
         """Move callers waiting for room into batches while there is room."""
         dispatch = self._dispatch
-        for waiter, batch in state.admit(self._policy, self._limits):
-            assert type(waiter) is _RoomWaiter
+        admitted: list[tuple[Any, Batch[I, Any], Slot[Any] | None]]
+        if self._sharing:
+            # An admitted caller may share a slot that appeared while it waited.
+            admitted = []
+            sharing = cast("SharingKeyState[I, Any]", state)
+            for waiter, slot, batch, shared in sharing.admit_shared(self._policy, self._limits):
+                waiter.slot = slot
+                admitted.append((waiter, batch, slot if shared else None))
+        else:
+            admitted = [
+                (waiter, batch, None) for waiter, batch in state.admit(self._policy, self._limits)
+            ]
+        for waiter, batch, joined in admitted:
+            assert type(waiter) is _RoomWaiter or type(waiter) is _GroupItem
             waiter.batch = batch
+            # Read now: the caller it shares with may have been admitted just before.
+            shares_with = None if joined is None else joined.members[0].item_id
             if dispatch is not None:
                 waiter.item_id = new_id()
                 waiter.accepted_at = now = trio.current_time()
-                event = ItemAccepted(self._name, key, waiter.item_id, now)
+                event = ItemAccepted(self._name, key, waiter.item_id, now, shares_with=shares_with)
                 assert waiter.context is not None
                 waiter.context.run(dispatch.emit, "item_accepted", event)
-            if self._adaptive:
+            if self._adaptive and joined is None:
                 self._arrived(state, batch, waiter.deadline)
-            if batch.state == WAITING:
+            if batch.state == WAITING and joined is None:
                 if self._timers is not None and not self._adaptive:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
@@ -649,7 +1052,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             # fitting it: that batch counts as full now.
             self._start_batches(key, state, after_finish=False)
 
-    def _forget_if_idle(self, key: K, state: KeyState[I, _Waiter]) -> None:
+    def _forget_if_idle(self, key: K, state: KeyState[I, Any]) -> None:
         if state.is_idle() and self._keys.get(key) is state:
             del self._keys[key]
 
@@ -669,7 +1072,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             return math.inf
         return trio.current_effective_deadline() - margin - (self._batch_seconds or 0.0)
 
-    def _start_batches(self, key: K, state: KeyState[I, _Waiter], *, after_finish: bool) -> None:
+    def _start_batches(self, key: K, state: KeyState[I, Any], *, after_finish: bool) -> None:
         """Start every batch of ``key`` that may start now, and hand it to a runner."""
         phase = self._phase
         if phase is _Phase.TORN_DOWN or phase is _Phase.CLOSED:
@@ -698,9 +1101,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
 
     # -- Adaptive ------------------------------------------------------------------
 
-    def _arrived(
-        self, state: KeyState[I, _Waiter], batch: Batch[I, _Waiter], deadline: float
-    ) -> None:
+    def _arrived(self, state: KeyState[I, Any], batch: Batch[I, Any], deadline: float) -> None:
         """An item of an ``Adaptive`` batcher joined ``batch``: learn and note its facts."""
         assert state.learned is not None
         now = trio.current_time()
@@ -726,8 +1127,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
     def _set_timer(
         self,
         key: K,
-        state: KeyState[I, _Waiter],
-        batch: Batch[I, _Waiter],
+        state: KeyState[I, Any],
+        batch: Batch[I, Any],
         caller_deadline: float,
     ) -> None:
         """Give a new batch its timer, or move a batch's timer earlier for a caller."""
@@ -749,9 +1150,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         batch.deadline = deadline
         self._timers.set(batch, deadline, (key, state))
 
-    def _timer_expired(
-        self, batch: Batch[I, _Waiter], target: tuple[K, KeyState[I, _Waiter]]
-    ) -> None:
+    def _timer_expired(self, batch: Batch[I, Any], target: tuple[K, KeyState[I, Any]]) -> None:
         """A batch's timer fired (it is still waiting: started batches have none)."""
         batch.expired = True
         key, state = target
@@ -790,7 +1189,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         try:
             # A batch started while the block is being cancelled must not begin.
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self._acquire is not None:
+            if self._cancel_abandoned:
+                result = await self._run_abandonable(run)
+            elif self._acquire is not None:
                 result = await self._acquire_and_process(run)
             elif self._begin_processing(run):
                 try:
@@ -802,6 +1203,30 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             _raise_cancellation_of(group, self._where(run))
         finally:
             self._finish(run, result, unwinding, began)
+
+    async def _run_abandonable(self, run: _Run) -> list[Any] | Failure | None:
+        """Acquire and process in a scope that is cancelled when every caller gives up.
+
+        ``acquire`` and ``process`` then see :exc:`trio.Cancelled` (a transaction
+        rolls back); the batch ends as cancelled, and nothing of it is cached.
+        """
+        result: list[Any] | Failure | None = None
+        batch = run.batch
+        with trio.CancelScope() as scope:
+            self._abandonable[batch] = scope
+            try:
+                if self._acquire is not None:
+                    result = await self._acquire_and_process(run)
+                elif self._begin_processing(run):
+                    try:
+                        result = await self._call_process(run, ())
+                    except Exception as exc:
+                        result = self._failed(BatchFailed, run, exc)
+            finally:
+                del self._abandonable[batch]
+        if scope.cancel_called:
+            return None
+        return result
 
     async def _acquire_and_process(self, run: _Run) -> list[Any] | Failure | None:
         assert self._acquire is not None
@@ -884,7 +1309,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 f"batcher {self._name!r} was closed before the batch completed",
                 None,
             )
-        failed_items = deliver(waiters, result)
+        if self._sharing or self._grouped:
+            callers, failed_items = self._deliver(waiters, result)
+        else:
+            callers, failed_items = waiters, deliver(waiters, result)
         if self._deadline_margin is not None and batch.inputs and type(result) is not Failure:
             elapsed = trio.current_time() - began
             average = self._batch_seconds
@@ -892,18 +1320,95 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 elapsed if average is None else average + _EWMA_WEIGHT * (elapsed - average)
             )
         if self._dispatch is not None:
-            self._observe_finish(run, waiters, result, failed_items)
+            self._observe_finish(run, callers, result, failed_items)
+        if type(result) is Failure:
+            if result.error_type is not BatcherClosed:
+                logger.warning("%s", result.message)
+        elif self._cache is not None:
+            self._store(key, batch, result)
         # Each waiter refers to its batch: break the cycle, so that both are
         # freed by reference counting as their callers resume, never left for
         # the garbage collector (whose collections then cost every parked caller).
+        if self._sharing:
+            forget_slots(waiters)
         batch.waiters = []
-        if type(result) is Failure and result.error_type is not BatcherClosed:
-            logger.warning("%s", result.message)
         if state.overflow:
             self._admit(key, state)
         if not unwinding and state.waiting:
             self._start_batches(key, state, after_finish=True)
         self._forget_if_idle(key, state)
+
+    def _callers(self, waiters: list[Any]) -> list[_Waiter]:
+        """The callers of a batch's inputs (every member of every slot, when sharing)."""
+        return members(waiters) if self._sharing else waiters
+
+    def _deliver(
+        self, waiters: list[Any], result: list[Any] | Failure
+    ) -> tuple[list[_Waiter], int]:
+        """``deliver`` for shared slots and ``submit_many`` items; returns the callers.
+
+        Output *i* goes to every member of slot *i*, each failure is a new
+        exception per caller, and group items are settled into their groups.
+        """
+        callers: list[_Waiter]
+        outputs: list[Any] | Failure
+        if self._sharing:
+            if type(result) is Failure:
+                callers, outputs = members(waiters), result
+            else:
+                callers, outputs = spread(waiters, result)
+        else:
+            callers, outputs = waiters, result
+        failed = deliver(callers, outputs)
+        if self._grouped:
+            if type(outputs) is Failure:
+                for waiter in callers:
+                    if type(waiter) is _GroupItem:
+                        waiter.group.fail(waiter.index, outputs.new_error())
+            else:
+                for index, waiter in enumerate(callers):
+                    if type(waiter) is _GroupItem:
+                        waiter.group.settle_output(waiter.index, outputs[index])
+        return callers, failed
+
+    def _store(self, key: K, batch: Batch[I, Any], outputs: list[Any]) -> None:
+        """Cache every successful output of a finished batch under ``(key, identity)``."""
+        cache = self._cache
+        assert cache is not None
+        sharing = self._sharing
+        try:
+            for index, output in enumerate(outputs):
+                kind = type(output)
+                if kind is outcome.Error:
+                    continue
+                if kind is outcome.Value:
+                    output = output.value
+                identity = batch.waiters[index].identity if sharing else batch.inputs[index]
+                cache[key, identity] = output
+        except Exception:
+            logger.exception("batcher %r: storing an output in the cache raised", self._name)
+
+    @trio.lowlevel.enable_ki_protection
+    def _withdraw_many(
+        self, group: Group, waiters: list[_GroupItem], _: object
+    ) -> trio.lowlevel.Abort:
+        """A ``submit_many`` caller was cancelled: withdraw each item it still waits for."""
+        group.cancelled = True
+        group.task = None
+        for waiter in waiters:
+            if not group.settled(waiter.index):
+                self._withdraw(waiter)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _cancel_if_abandoned(self, key: K, state: KeyState[I, Any], batch: Batch[I, Any]) -> None:
+        """``cancel_abandoned``: cancel a processing batch once every caller has given up."""
+        scope = self._abandonable.get(batch)
+        if scope is None or not all(map(_gave_up, self._callers(batch.waiters))):
+            return
+        if self._sharing:
+            # Nobody may join a batch that is being cancelled.
+            cast("SharingKeyState[I, Any]", state).unshare(batch)
+        scope.cancel()
 
     # -- observation -------------------------------------------------------------
 
@@ -934,7 +1439,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 run.ident,
                 len(batch.inputs),
                 run.reason,
-                tuple(waiter.item_id for waiter in batch.waiters),
+                tuple(waiter.item_id for waiter in self._callers(batch.waiters)),
                 run.started_at,
                 None if self._cost is None else batch.cost,
             ),
@@ -961,12 +1466,13 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 size=len(run.batch.inputs) if processed else 0,
                 reason=run.reason,
                 item_ids=tuple(waiter.item_id for waiter in waiters),
-                queue_waits=tuple(began - waiter.accepted_at for waiter in waiters),
+                # A sharer may join after processing began: it waited 0.
+                queue_waits=tuple(max(0.0, began - waiter.accepted_at) for waiter in waiters),
                 acquire_seconds=began - run.started_at,
                 process_seconds=now - began,
                 outcome=status,
                 failed_items=failed_items,
-                abandoned=sum(waiter.task is None for waiter in waiters) if processed else 0,
+                abandoned=sum(map(_gave_up, waiters)) if processed else 0,
                 time=now,
                 cost=None if self._cost is None else (run.batch.cost if processed else 0),
             ),
@@ -1011,18 +1517,31 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         closed = Failure(BatcherClosed, f"batcher {self._name!r} was closed", None)
         for key, state in keys.items():
             for batch in state.queued_batches():
-                deliver(batch.waiters, closed)
+                callers, _ = self._deliver(batch.waiters, closed)
                 if self._dispatch is not None:
-                    self._observe_finish(_Run(self, key, state, batch), batch.waiters, closed, 0)
+                    self._observe_finish(_Run(self, key, state, batch), callers, closed, 0)
+                if self._sharing:
+                    forget_slots(batch.waiters)
                 batch.waiters = []
                 batch.inputs = []
-            deliver([waiter for _, waiter, _ in state.overflow], closed)
+            self._deliver([waiter for _, waiter, _ in state.overflow], closed)
             state.overflow.clear()
 
     def _close_untaken(self, run: _Run) -> None:
         if self._dispatch is not None:
             self._observe_start(run)
         self._finish(run, None, True, 0.0)
+
+
+def _gave_up(waiter: _Waiter) -> bool:
+    """Whether a caller was cancelled after its item's batch began processing."""
+    if type(waiter) is _GroupItem:
+        return waiter.group.cancelled
+    return waiter.task is None
+
+
+#: Not in the cache.
+_MISSING: Any = object()
 
 
 _OUTCOMES = {
@@ -1069,6 +1588,9 @@ def open_batcher(
     name: str = ...,
     observers: Iterable[Observer] = ...,
     cost: Callable[[I], float] | None = ...,
+    dedupe: bool | Callable[[I], Hashable] = ...,
+    cache: MutableMapping[Any, Any] | None = ...,
+    cancel_abandoned: bool = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -1082,6 +1604,9 @@ def open_batcher(
     name: str = ...,
     observers: Iterable[Observer] = ...,
     cost: Callable[[I], float] | None = ...,
+    dedupe: bool | Callable[[I], Hashable] = ...,
+    cache: MutableMapping[Any, Any] | None = ...,
+    cancel_abandoned: bool = ...,
 ) -> AbstractAsyncContextManager[Batcher[K, I, O]]: ...
 
 
@@ -1094,6 +1619,9 @@ def open_batcher(
     name: str = "batcher",
     observers: Iterable[Observer] = (),
     cost: Callable[[Any], float] | None = None,
+    dedupe: bool | Callable[[Any], Hashable] = False,
+    cache: MutableMapping[Any, Any] | None = None,
+    cancel_abandoned: bool = False,
 ) -> AbstractAsyncContextManager[Batcher[Any, Any, O]]:
     """Open a batcher whose tasks live inside the ``async with`` block.
 
@@ -1137,6 +1665,24 @@ def open_batcher(
             Without ``max_batch_cost``, costs are only reported (observers,
             :meth:`~Batcher.statistics`). ``None`` (the default): no costs,
             at no cost.
+        dedupe: ``True`` to let callers whose items are equal share one input
+            of a batch, or a function ``(item) -> identity`` (e.g. ``lambda q:
+            q.id``) to compare items by identity. An item whose identity is in
+            a batch of its key that has not finished (queued, acquiring or
+            processing) shares that input: ``process`` sees it once, every
+            sharer gets the same output (or its own instance of the same
+            error), and the shared input counts once toward every limit. A
+            sharer never opens a batch and is never rejected for room.
+        cache: a mutable mapping (a ``dict``, ``cachetools.LRUCache`` ...)
+            holding outputs under ``(key, identity)`` (identity as for
+            ``dedupe``; the item itself without it). A hit returns the output
+            without queueing. Only successful outputs are stored, when their
+            batch finishes; prime or clear it with mapping operations.
+        cancel_abandoned: if true, a batch that is acquiring or processing is
+            cancelled once every caller of it (every sharer included) has been
+            cancelled: ``acquire`` and ``process`` see :exc:`trio.Cancelled`,
+            the batch ends as cancelled, nothing of it is cached and its slot
+            frees. By default such a batch runs to completion.
 
     Leaving the block is shutdown. If the body returns normally, the batcher
     *drains*: new :meth:`~Batcher.submit` calls raise :exc:`BatcherClosed`,
@@ -1183,9 +1729,22 @@ def open_batcher(
         )
     if not isinstance(observers, Iterable):
         raise TypeError(f"observers must be an iterable of observers, got {observers!r}")
+    if not isinstance(dedupe, bool) and not callable(dedupe):
+        raise TypeError(
+            f"dedupe must be True, False or a function (item) -> identity, got {dedupe!r}"
+        )
+    if cache is not None and not isinstance(cache, MutableMapping):
+        raise TypeError(
+            f"cache must be None or a mutable mapping (a dict, a cachetools cache), got {cache!r}"
+        )
+    if not isinstance(cancel_abandoned, bool):
+        raise TypeError(f"cancel_abandoned must be a bool, got {cancel_abandoned!r}")
     observers = tuple(observers)
     dispatch = Dispatch(name, observers) if observers else None
-    return _open(_Options(process, acquire, policy, limits, name, dispatch, cost))
+    options = _Options(
+        process, acquire, policy, limits, name, dispatch, cost, dedupe, cache, cancel_abandoned
+    )
+    return _open(options)
 
 
 @asynccontextmanager

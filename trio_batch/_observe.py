@@ -44,6 +44,7 @@ __all__ = [
     "BatchFinished",
     "BatchOutcome",
     "BatchStarted",
+    "CacheHit",
     "ItemAccepted",
     "ItemRejected",
     "ItemWithdrawn",
@@ -85,6 +86,25 @@ class ItemAccepted:
     #: Identifies the item in later events; unique within the process.
     item_id: int
     #: ``trio.current_time()`` when it was accepted.
+    time: float
+    #: With ``dedupe``: the ``item_id`` of the item whose input this one shares
+    #: (it joined that item's batch without adding an input); ``None`` for an
+    #: item that brought its own input.
+    shares_with: int | None = None
+
+
+@final
+@attrs.frozen
+class CacheHit:
+    """``submit`` found the item's output in the ``cache``; nothing was queued."""
+
+    #: The batcher's ``name``.
+    batcher: str
+    #: The key the item was submitted under.
+    key: Any
+    #: Identifies the item; unique within the process.
+    item_id: int
+    #: ``trio.current_time()`` when it was answered.
     time: float
 
 
@@ -133,11 +153,13 @@ class BatchStarted:
     key: Any
     #: Identifies the batch in its :class:`BatchFinished`; unique within the process.
     batch_id: int
-    #: Items in the batch as its task begins (it may still grow while acquiring).
+    #: Items in the batch as its task begins (it may still grow while acquiring);
+    #: with ``dedupe``, inputs (a shared input counts once).
     size: int
     #: The rule that started it.
     reason: StartReason
-    #: The ids of its items so far, in arrival order.
+    #: The ids of its items so far, in arrival order; with ``dedupe``, input by
+    #: input, each followed by the items that share it.
     item_ids: tuple[int, ...]
     #: ``trio.current_time()`` when the policy started it.
     time: float
@@ -166,10 +188,12 @@ class BatchFinished:
     size: int
     #: The rule that started it; ``None`` if it never started.
     reason: StartReason | None
-    #: The ids of its items, in arrival order (withdrawn items excluded).
+    #: The ids of its items, in arrival order (withdrawn items excluded); with
+    #: ``dedupe``, input by input, each followed by the items that share it.
     item_ids: tuple[int, ...]
     #: Per item, seconds from acceptance until ``process`` was called (or until
-    #: the batch ended, if ``process`` never was).
+    #: the batch ended, if ``process`` never was); 0 for an item that shared an
+    #: input after processing began.
     queue_waits: tuple[float, ...]
     #: Seconds from start until ``process`` was called (acquiring the resource).
     acquire_seconds: float
@@ -192,7 +216,8 @@ class Observer(Protocol):
     """Receives a batcher's events.
 
     Subclass it to inherit no-op hooks and override only those you need, or
-    implement all five methods structurally. Hooks run synchronously and must
+    implement the methods you need structurally (any that is missing is not
+    called). Hooks run synchronously and must
     not block. See :mod:`trio_batch.contrib` for Prometheus and OpenTelemetry.
     """
 
@@ -216,6 +241,10 @@ class Observer(Protocol):
         """A batch ended."""
         return
 
+    def cache_hit(self, event: CacheHit) -> None:
+        """An item's output came from the cache (nothing was queued)."""
+        return
+
 
 def _is_async(hook: object) -> bool:
     """``async def`` hooks (or callables whose ``__call__`` is one) would never run."""
@@ -227,7 +256,14 @@ def _is_async(hook: object) -> bool:
     )
 
 
-_HOOKS = ("item_accepted", "item_rejected", "item_withdrawn", "batch_started", "batch_finished")
+_HOOKS = (
+    "item_accepted",
+    "item_rejected",
+    "item_withdrawn",
+    "batch_started",
+    "batch_finished",
+    "cache_hit",
+)
 
 
 @final

@@ -55,6 +55,7 @@ from .._observe import (
     BatchFinished,
     BatchOutcome,
     BatchStarted,
+    CacheHit,
     ItemAccepted,
     ItemRejected,
     ItemWithdrawn,
@@ -144,6 +145,9 @@ class OpenTelemetryObserver:
 
     def item_rejected(self, event: ItemRejected) -> None:
         """Nothing: a rejected item is in no batch."""
+
+    def cache_hit(self, event: CacheHit) -> None:
+        """Nothing: an item answered from the cache is in no batch."""
 
     def item_withdrawn(self, event: ItemWithdrawn) -> None:
         """Forget the withdrawn item's context."""

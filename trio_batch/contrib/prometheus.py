@@ -55,6 +55,7 @@ from .._observe import (
     BatchFinished,
     BatchOutcome,
     BatchStarted,
+    CacheHit,
     ItemAccepted,
     ItemRejected,
     ItemWithdrawn,
@@ -183,7 +184,7 @@ class _Metrics:
             "items",
             "Items by outcome. Every accepted item is counted once more under exactly one "
             "of withdrawn, ok, item_failed, failed, contract_error, acquire_failed, cancelled; "
-            "rejected items were never accepted.",
+            "rejected and cache_hit items (answered from the cache) were never accepted.",
             ["batcher", "outcome"],
             **common,
         )
@@ -384,6 +385,10 @@ class PrometheusObserver:
     def item_rejected(self, event: ItemRejected) -> None:
         """Count the item as ``rejected``."""
         self._metrics.child(self._items, event.batcher, "rejected").inc()
+
+    def cache_hit(self, event: CacheHit) -> None:
+        """Count the item as ``cache_hit``."""
+        self._metrics.child(self._items, event.batcher, "cache_hit").inc()
 
     def item_withdrawn(self, event: ItemWithdrawn) -> None:
         """Count the item as ``withdrawn``."""
