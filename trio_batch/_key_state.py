@@ -34,6 +34,15 @@ its own that counts as full. Rejected alternative: looking ahead for a later,
 cheaper item that would fit (bin packing); it would break arrival order, and a
 caller could not know whether its item is in the current batch.
 
+Adaptive. With :class:`~trio_batch.Adaptive`, a key also holds what it has
+learned (``learned``, a :class:`~trio_batch._adaptive.KeyLearning`: batch
+timings, arrival rate, when each started batch started), forgotten with the
+key. :meth:`KeyState.start_allowed` asks its decision (given ``now``) about the
+oldest waiting batch when the policy's event-only readiness (full, timer
+expired) says no; a batch it holds back gets the time it should start as its
+``deadline``, for the owner's timer. :meth:`KeyState.finish` feeds the batch's
+time back to the estimates.
+
 Invariants (checked by the state machine):
 
 * ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
@@ -266,8 +275,8 @@ class KeyState(Generic[I, W]):
         or when ``max_key_concurrency`` batches are started. ``after_finish``
         applies to the first batch only: the one that takes the freed slot.
         ``now`` is the current time, for ``Adaptive``'s decision: a batch it
-        holds back is left first in ``waiting``, and :meth:`hold_until` says
-        when it should start.
+        holds back is left first in ``waiting`` with its ``deadline`` set to
+        when it should start (the owner sets its timer for that time).
         """
         started_now: list[Batch[I, W]] = []
         waiting = self.waiting
