@@ -10,7 +10,8 @@ batcher knows:
 * :func:`open_batcher` checks its arguments and returns :func:`_open`, which
   opens one nursery and only then builds the :class:`Batcher` inside it, so
   every field has its final value from the start. Every task the batcher runs
-  (the runners, plus one timer task for :class:`~trio_batch.Duration`) lives in
+  (the runners, plus one timer task for :class:`~trio_batch.Duration` or
+  :class:`~trio_batch.Adaptive`) lives in
   that nursery; leaving the block is the nursery's exit, so there is no worker
   to detach and no shutdown channel.
 * :meth:`Batcher.submit` puts the item in its key's queue, asks the policy
