@@ -204,6 +204,9 @@ _FIFO_CALLS: dict[AnyPolicy, list[tuple[list[int], float]]] = {
     # [0] starts alone; the others queue in batches of three behind it.
     tb.Immediate(): [([0], 0.0), ([1, 2, 3], 1.0), ([4, 5, 6], 2.0), ([7, 8, 9], 3.0)],
     tb.Balanced(2): [([0], 0.0), ([1, 2, 3], 1.0), ([4, 5, 6], 2.0), ([7, 8, 9], 3.0)],
+    # Like Immediate: nothing known at first, then every batch behind it is full.
+    tb.Adaptive(): [([0], 0.0), ([1, 2, 3], 1.0), ([4, 5, 6], 2.0), ([7, 8, 9], 3.0)],
+    tb.Adaptive(0.2): [([0], 0.0), ([1, 2, 3], 1.0), ([4, 5, 6], 2.0), ([7, 8, 9], 3.0)],
     # A batch starts when full (before its timer); [9] is flushed by the drain.
     tb.Size(): [([0, 1, 2], 0.25), ([3, 4, 5], 1.25), ([6, 7, 8], 2.25), ([9], 3.25)],
     tb.Duration(0.5): [([0, 1, 2], 0.25), ([3, 4, 5], 1.25), ([6, 7, 8], 2.25), ([9], 3.25)],

@@ -261,8 +261,10 @@ def operations(draw: st.DrawFn) -> Operation:
 # Built once (not per example): generating examples is much of the test's run time.
 MAX_BATCH_SIZES = st.integers(1, 5)
 DEADLINE_MARGINS = st.sampled_from([None, 0.0, 0.25])
+ADAPTIVE = st.builds(tb.Adaptive, st.sampled_from([None, 0.05, 1.0]))
 POLICIES = {
-    size: policies(size, delays=delays, deadline_margins=DEADLINE_MARGINS) for size in range(1, 6)
+    size: st.one_of(policies(size, delays=delays, deadline_margins=DEADLINE_MARGINS), ADAPTIVE)
+    for size in range(1, 6)
 }
 SCRIPTS = st.lists(operations(), min_size=4, max_size=40)
 
@@ -673,6 +675,16 @@ class Run:
                     f"at t={now}: Immediate left {len(waiting)} items of {key!r} waiting "
                     f"with a slot free"
                 )
+            if isinstance(policy, tb.Adaptive) and policy.target_latency is not None:
+                # The decision never starts a batch later than its first item's
+                # arrival + target_latency (less the expected batch time).
+                oldest = min(waiting, key=lambda c: c.submit_seq or 0)
+                assert oldest.submit_time is not None
+                if not waits_for_room and now > oldest.submit_time + policy.target_latency + EPS:
+                    self.settle_failures.append(
+                        f"at t={now}: {policy} left an item of {key!r} from "
+                        f"t={oldest.submit_time} waiting with a slot free"
+                    )
             if isinstance(policy, tb.Duration):
                 oldest = min(waiting, key=lambda c: c.submit_seq or 0)
                 assert oldest.submit_time is not None

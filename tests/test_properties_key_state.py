@@ -18,6 +18,7 @@ waiters for room are admitted first come, first served whatever their cost.
 from __future__ import annotations
 
 import itertools
+import math
 
 import hypothesis.strategies as st
 from hypothesis import settings
@@ -31,6 +32,7 @@ from hypothesis.stateful import (
 from tutil import EXAMPLE_SCALE, policies, rejects_when_full
 
 import trio_batch as tb
+from trio_batch._adaptive import KeyLearning, load
 from trio_batch._key_state import DONE, PROCESSING, STARTING, WAITING, Batch, KeyState
 from trio_batch._policies import is_oversize
 
@@ -318,7 +320,7 @@ class KeyStateMachine(RuleBasedStateMachine):
         self.running.remove(batch)
         state_before = batch.state
         oldest = self.state.waiting[0] if self.state.waiting else None
-        waiters = self.state.finish(batch)
+        waiters = self.state.finish(batch, now=self.now, timed=state_before == PROCESSING)
         assert batch.state == DONE
         if state_before == STARTING:
             # Acquisition failed: the batch never ran, every waiter is owed an error.
@@ -436,6 +438,7 @@ class KeyStateMachine(RuleBasedStateMachine):
             assert not oldest.expired
             assert policy.on_full is tb.OnFull.REJECT or id(oldest) not in self.been_full
         else:
+            assert isinstance(policy, tb.Balanced)
             assert state.started > 0
             assert oldest.size < policy.min_size_hint
 
@@ -466,6 +469,126 @@ class KeyStateMachine(RuleBasedStateMachine):
         live = [b for b in self.batches if b.state in (WAITING, STARTING)]
         assert self.state.is_idle() == (not live and not self.running and not self.state.overflow)
         assert self.state.queued_items() == sum(b.size for b in live)
+
+
+# -- Adaptive: the learned decision drives the same machine ---------------------
+
+
+class AdaptiveKeyStateMachine(KeyStateMachine):
+    """The machine above with ``tb.Adaptive``, learning as the batcher does.
+
+    Batches take as long as the steps between their start and finish, items
+    arrive in bursts (gaps of 0) and apart, some callers have deadlines; the
+    held batch's timer is its ``deadline`` (set by ``start_allowed``), fired by
+    ``advance_clock`` as the batcher's timer task would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = KeyState(KeyLearning())
+
+    @initialize(data=st.data())
+    def configure(self, data: st.DataObject) -> None:
+        self.limits = data.draw(
+            st.builds(
+                tb.Limits,
+                max_batch_size=st.integers(1, 4),
+                max_key_concurrency=st.integers(1, 3),
+                max_batch_queue_size=st.integers(1, 4),
+                overflow=st.sampled_from(list(tb.Overflow)),
+                max_batch_cost=st.sampled_from(MAX_COSTS),
+                oversize=st.sampled_from(list(tb.Oversize)),
+            ),
+            label="limits",
+        )
+        self.policy = data.draw(
+            st.builds(tb.Adaptive, st.sampled_from([None, 0.5, 2.0, 10.0])), label="policy"
+        )
+        # With a cost function (the fit and the rate count cost) or without.
+        self.costed = self.limits.max_batch_cost is not None or data.draw(
+            st.booleans(), label="costed"
+        )
+
+    def run_policy(self, *, after_finish: bool = False) -> None:
+        started_before = self.state.started
+        started = self.state.start_allowed(
+            self.policy,
+            self.limits,
+            after_finish=after_finish,
+            draining=self.draining,
+            now=self.now,
+        )
+        for n, batch in enumerate(started):
+            self.check_may_start(batch, started_before + n, first_after_finish=False)
+            self.start_order.append(batch)
+            self.running.append(batch)
+
+    def after_add(self, item: Item, batch: KeyBatch) -> None:
+        # What Batcher._arrived does; every third caller has a deadline.
+        learned = self.state.learned
+        assert learned is not None
+        learned.arrivals.arrived(self.now, batch.costs[-1] if batch.costs else 1.0)
+        if batch.size == 1:
+            batch.opened_at = self.now
+        deadline = (math.inf, self.now + 1.0, self.now + 4.0)[item % 3]
+        batch.caller_deadline = min(batch.caller_deadline, deadline)
+        super().after_add(item, batch)
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 3.0]))
+    def advance_clock(self, dt: float) -> None:
+        self.now += dt
+        learned = self.state.learned
+        assert learned is not None
+        for batch in self.state.waiting:
+            if batch.deadline <= self.now:
+                # The timer fires: the batch is ready, for the reason it was held.
+                batch.expired = True
+                batch.reason = learned.timer_reason
+        self.run_policy()
+
+    def check_may_start(self, batch: KeyBatch, started: int, *, first_after_finish: bool) -> None:
+        assert started < self.limits.max_key_concurrency
+        if self.draining:
+            return
+        # Ready by an event (full, timer), or the decision said "now" (and why).
+        assert batch.filled or batch.expired or batch.reason is not None
+        if batch.reason is not None and not batch.expired:
+            assert batch.reason is not tb.StartReason.DRAIN
+
+    @invariant()
+    def no_ready_batch_left_waiting(self) -> None:
+        """Liveness: a batch held with a free slot has a timer, no later than its bounds."""
+        state = self.state
+        if not state.waiting or state.started >= self.limits.max_key_concurrency:
+            return
+        assert not self.draining, "draining leaves a batch waiting with a free slot"
+        oldest = state.waiting[0]
+        assert isinstance(self.policy, tb.Adaptive)
+        assert not oldest.filled
+        assert not oldest.expired
+        decision = state.decision(self.policy, oldest, self.limits, self.now)
+        assert decision.start_at > self.now
+        assert oldest.deadline == decision.start_at, "the held batch's timer is not its decision"
+        learned = state.learned
+        assert learned is not None
+        assert learned.ready, "held before anything was learned"
+        expected = learned.snapshot().batch_seconds(load(oldest))
+        assert oldest.deadline <= oldest.caller_deadline - expected + 1e-9
+        target = self.policy.target_latency
+        if target is not None:
+            assert oldest.deadline <= oldest.opened_at + target - expected + 1e-9
+
+    @invariant()
+    def learning_follows_started_batches(self) -> None:
+        learned = self.state.learned
+        assert learned is not None
+        assert set(map(id, learned.running)) == {id(b) for b in self.running}
+
+
+TestAdaptiveKeyState = AdaptiveKeyStateMachine.TestCase
+TestAdaptiveKeyState.settings = settings(
+    max_examples=300 * EXAMPLE_SCALE, stateful_step_count=60, deadline=None
+)
 
 
 TestKeyState = KeyStateMachine.TestCase

@@ -449,7 +449,7 @@ def test_ctrl_c_prints_interrupted_and_exits_130(jobs: str) -> None:
             ready, _, _ = select.select([process.stderr], [], [], 60)
             assert ready, "the simulator did not start within 60 s"
             first = process.stderr.readline()
-            assert first.startswith("simulating scenario default: 4 policies")
+            assert first.startswith("simulating scenario default: 5 policies")
             time.sleep(0.5)  # into the run (it lasts much longer than this)
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=60)

@@ -153,6 +153,9 @@ def test_scenario_to_data_round_trips() -> None:
         ),
         ("duration:inf", tb.Duration(math.inf)),
         ("balanced:16", tb.Balanced(16)),
+        ("adaptive", tb.Adaptive()),
+        ("Adaptive:0.05", tb.Adaptive(0.05)),
+        ("adaptive:2", tb.Adaptive(2.0)),
     ],
 )
 def test_policy_specs_parse_and_labels_round_trip(spec: str, policy: tb.Policy) -> None:
@@ -170,6 +173,10 @@ def test_policy_specs_parse_and_labels_round_trip(spec: str, policy: tb.Policy) 
         ("duration:soon", r"^bad policy 'duration:soon': could not convert"),
         ("duration:1:later", r"^bad policy 'duration:1:later': after the delay, expected"),
         ("balanced:0", r"^bad policy 'balanced:0': min_size_hint must be >= 1"),
+        ("adaptive:0", r"^bad policy 'adaptive:0': target_latency must be None or finite and > 0"),
+        ("adaptive:inf", r"^bad policy 'adaptive:inf': target_latency must be None or finite"),
+        ("adaptive:1:2", r"^unknown policy 'adaptive:1:2' \(expected .*adaptive:TARGET_SECONDS"),
+        ("adaptive:soon", r"^bad policy 'adaptive:soon': could not convert"),
     ],
 )
 def test_bad_policy_specs_say_what_is_wrong(spec: str, message: str) -> None:
@@ -285,7 +292,7 @@ def test_every_builtin_scenario_loads_and_is_described() -> None:
         scenario = load_scenario(name)
         assert scenario.name == name
         assert description == scenario.description != ""
-    assert len(load_scenario("default").policies) == 4
+    assert len(load_scenario("default").policies) == 5
 
 
 def test_load_from_a_file_with_overrides(tmp_path: Path) -> None:

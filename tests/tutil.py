@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 import trio_batch as tb
 
-AnyPolicy: TypeAlias = tb.Immediate | tb.Size | tb.Duration | tb.Balanced
+AnyPolicy: TypeAlias = tb.Immediate | tb.Size | tb.Duration | tb.Balanced | tb.Adaptive
 AnyBatcher: TypeAlias = tb.Batcher[Any, Any, Any]
 
 #: One of each policy, for a test body whose behaviour every policy shares.
@@ -57,11 +57,16 @@ ALL_POLICIES = [
     pytest.param(tb.Duration(0.5), id="duration"),
     pytest.param(tb.Duration(0.5, on_full=tb.OnFull.REJECT), id="duration-reject"),
     pytest.param(tb.Balanced(2), id="balanced"),
+    pytest.param(tb.Adaptive(), id="adaptive"),
+    pytest.param(tb.Adaptive(target_latency=0.2), id="adaptive-target"),
 ]
 
 
 #: The same, for ``max_batch_size=1`` (a ``Balanced`` hint may not exceed it).
-ALL_POLICIES_SIZE_ONE = [*ALL_POLICIES[:-1], pytest.param(tb.Balanced(1), id="balanced")]
+ALL_POLICIES_SIZE_ONE = [
+    *(p for p in ALL_POLICIES if p.id != "balanced"),
+    pytest.param(tb.Balanced(1), id="balanced"),
+]
 
 
 def rejects_when_full(policy: AnyPolicy) -> bool:

@@ -13,6 +13,7 @@ exact cancellation, and shutdown by leaving the block.
 
 import contextlib
 
+from ._adaptive import AdaptiveEstimates as AdaptiveEstimates
 from ._batcher import Batcher as Batcher, open_batcher as open_batcher
 from ._errors import (
     BatcherClosed as BatcherClosed,
@@ -34,6 +35,7 @@ from ._observe import (
     Observer as Observer,
 )
 from ._policies import (
+    Adaptive as Adaptive,
     Balanced as Balanced,
     Duration as Duration,
     Immediate as Immediate,
@@ -57,6 +59,8 @@ for _name, _obj in list(globals().items()):
 del _name, _obj, contextlib
 
 __all__ = [
+    "Adaptive",
+    "AdaptiveEstimates",
     "Balanced",
     "BatchError",
     "BatchFailed",

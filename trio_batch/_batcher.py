@@ -10,7 +10,8 @@ batcher knows:
 * :func:`open_batcher` checks its arguments and returns :func:`_open`, which
   opens one nursery and only then builds the :class:`Batcher` inside it, so
   every field has its final value from the start. Every task the batcher runs
-  (the runners, plus one timer task for :class:`~trio_batch.Duration`) lives in
+  (the runners, plus one timer task for :class:`~trio_batch.Duration` or
+  :class:`~trio_batch.Adaptive`) lives in
   that nursery; leaving the block is the nursery's exit, so there is no worker
   to detach and no shutdown channel.
 * :meth:`Batcher.submit` puts the item in its key's queue, asks the policy
@@ -80,6 +81,7 @@ import attrs
 import outcome
 import trio
 
+from ._adaptive import AdaptiveEstimates, KeyLearning
 from ._errors import (
     BatcherClosed,
     BatchError,
@@ -114,6 +116,7 @@ from ._outcomes import (
 )
 from ._policies import (
     POLICY_TYPES,
+    Adaptive,
     Duration,
     Immediate,
     Limits,
@@ -350,6 +353,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_abandonable",
         "_acquire",
         "_acquiring",
+        "_adaptive",
         "_batch_seconds",
         "_cache",
         "_cancel_abandoned",
@@ -404,6 +408,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # start to its end (None until one has finished).
         self._batch_seconds: float | None = None
         self._timers: Timers[Batch[I, Any], tuple[K, KeyState[I, Any]]] | None = None
+        # Adaptive: keys learn, and a held batch starts from a timer.
+        self._adaptive = isinstance(policy, Adaptive)
+        if self._adaptive:
+            self._timers = Timers(self._timer_expired)
         if isinstance(policy, Duration):
             self._deadline_margin = policy.deadline_margin
             if policy.delay_seconds != math.inf or policy.deadline_margin is not None:
@@ -450,6 +458,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             waiting_submits=sum(len(state.overflow) for state in states),
             queued_cost=sum(state.queued_cost() for state in states),
         )
+
+    def estimates(self, key: K) -> AdaptiveEstimates | None:
+        """What an :class:`~trio_batch.Adaptive` batcher has learned about ``key``.
+
+        Returns ``None`` if the policy is not ``Adaptive`` or the key is not
+        active (a key's estimates are forgotten with the key, when it has
+        nothing queued or started).
+        """
+        state = self._keys.get(key)
+        if state is None or state.learned is None:
+            return None
+        return state.learned.snapshot()
 
     def __repr__(self) -> str:
         phase = self._phase
@@ -545,7 +565,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise
         if state is None:
-            state = keys[key] = KeyState()
+            state = keys[key] = KeyState(KeyLearning() if self._adaptive else None)
         task = trio.lowlevel.current_task()
         dispatch = self._dispatch
         limits = self._limits
@@ -582,7 +602,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             waiter.item_id = new_id()
             waiter.accepted_at = now = trio.current_time()
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
-        if batch.state == WAITING and self._timers is not None:
+        if self._adaptive:
+            self._arrived(state, batch, trio.current_effective_deadline())
+        elif batch.state == WAITING and self._timers is not None:
             self._set_timer(key, state, batch, self._caller_deadline())
         if cost is None:
             # Only the oldest waiting batch can start (FIFO), and only this
@@ -788,6 +810,11 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 waiter.slot = slot
                 if dispatch is not None:
                     self._accepted(key, waiter, slot.members[0].item_id)
+                if self._adaptive and batch is not None:
+                    # The sharer's deadline counts for its batch (no new input).
+                    deadline = self._caller_deadline()
+                    if deadline < batch.caller_deadline:
+                        batch.caller_deadline = deadline
                 if (
                     self._deadline_margin is not None
                     and self._timers is not None
@@ -845,14 +872,18 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         waiter.batch = batch
         if dispatch is not None:
             self._accepted(key, waiter, None)
+        # Duration timers (Adaptive's timers are set by its decision).
+        timed = self._timers is not None and not self._adaptive
+        if self._adaptive:
+            self._arrived(state, batch, self._caller_deadline())
         if cost is not None:
             # As in submit: the item's batch, or one it closed, may be ready.
-            if batch.state == WAITING and self._timers is not None:
+            if batch.state == WAITING and timed:
                 self._set_timer(key, state, batch, self._caller_deadline())
             if state.waiting and state.started < limits.max_key_concurrency:
                 self._start_batches(key, state, after_finish=False)
         elif batch.state == WAITING:
-            if self._timers is not None:
+            if timed:
                 self._set_timer(key, state, batch, self._caller_deadline())
             if (
                 (batch.filled or not self._policy._fill_only_on_arrival)
@@ -870,7 +901,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         self._dispatch.emit("item_accepted", event)
 
     def _new_state(self) -> KeyState[I, Any]:
-        return SharingKeyState() if self._sharing else KeyState()
+        state: KeyState[I, Any] = SharingKeyState() if self._sharing else KeyState()
+        if self._adaptive:
+            state.learned = KeyLearning()
+        return state
 
     def _unhashable_key(self, key: object) -> TypeError:
         return TypeError(f"key must be hashable, got {type(key).__name__} {_key_repr.repr(key)}")
@@ -1008,8 +1042,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 event = ItemAccepted(self._name, key, waiter.item_id, now, shares_with=shares_with)
                 assert waiter.context is not None
                 waiter.context.run(dispatch.emit, "item_accepted", event)
+            if self._adaptive and joined is None:
+                self._arrived(state, batch, waiter.deadline)
             if batch.state == WAITING and joined is None:
-                if self._timers is not None:
+                if self._timers is not None and not self._adaptive:
                     self._set_timer(key, state, batch, waiter.deadline)
                 self._start_batches(key, state, after_finish=False)
         if self._cost is not None and state.overflow and state.waiting:
@@ -1030,6 +1066,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         batcher's moving average of batch durations; ``inf`` if deadlines
         are ignored.
         """
+        if self._adaptive:
+            return trio.current_effective_deadline()
         margin = self._deadline_margin
         if margin is None:
             return math.inf
@@ -1041,12 +1079,16 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if phase is _Phase.TORN_DOWN or phase is _Phase.CLOSED:
             return
         started_before = state.started
+        now = trio.current_time() if self._adaptive else 0.0
         started = state.start_allowed(
             self._policy,
             self._limits,
             after_finish=after_finish,
             draining=phase is _Phase.DRAINING,
+            now=now,
         )
+        if self._adaptive and phase is _Phase.OPEN:
+            self._hold(key, state)
         if not started:
             return
         runs = [_Run(self, key, state, batch) for batch in started]
@@ -1057,6 +1099,29 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             for index, run in enumerate(runs):
                 self._note_start(run, started_before + index, after_finish and not index)
         self._runners.put(runs)
+
+    # -- Adaptive ------------------------------------------------------------------
+
+    def _arrived(self, state: KeyState[I, Any], batch: Batch[I, Any], deadline: float) -> None:
+        """An item of an ``Adaptive`` batcher joined ``batch``: learn and note its facts."""
+        assert state.learned is not None
+        now = trio.current_time()
+        # With a cost function, the rate is in cost per second (the item is last).
+        state.learned.arrivals.arrived(now, batch.costs[-1] if batch.costs else 1.0)
+        if len(batch.inputs) == 1:
+            batch.opened_at = now
+        if deadline < batch.caller_deadline:
+            batch.caller_deadline = deadline
+
+    def _hold(self, key: K, state: KeyState[I, _Waiter]) -> None:
+        """The decision holds the oldest waiting batch back: its timer starts it later."""
+        assert self._timers is not None
+        if not state.waiting or state.started >= self._limits.max_key_concurrency:
+            return
+        # start_allowed stopped at this batch with a slot free: its decision
+        # said "later", and set its deadline to when.
+        head = state.waiting[0]
+        self._timers.set(head, head.deadline, (key, state))
 
     # -- Duration timers ---------------------------------------------------------
 
@@ -1090,6 +1155,8 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         """A batch's timer fired (it is still waiting: started batches have none)."""
         batch.expired = True
         key, state = target
+        if state.learned is not None:
+            batch.reason = state.learned.timer_reason
         if state.started < self._limits.max_key_concurrency:
             self._start_batches(key, state, after_finish=False)
 
@@ -1231,7 +1298,10 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         ``Dispatch`` guards, after every caller has its outcome.
         """
         key, state, batch = run.key, run.state, run.batch
-        waiters = state.finish(batch)
+        if state.learned is None:
+            waiters = state.finish(batch)
+        else:
+            waiters = state.finish(batch, now=trio.current_time(), timed=type(result) is list)
         if result is None:
             # Cancelled by teardown, or crashed with a BaseException (or dropped,
             # in which case there is nobody left to tell).
@@ -1573,7 +1643,7 @@ def open_batcher(
             ``process`` returns or fails (seeing its exception, so a transaction
             can roll back); the value it yields is passed as ``resource``.
         policy: when batches start: :class:`Immediate` (default), :class:`Size`,
-            :class:`Duration` or :class:`Balanced`.
+            :class:`Duration`, :class:`Balanced` or :class:`Adaptive`.
         limits: a :class:`Limits` value.
         name: used in logs, error messages, metrics and ``repr``.
         observers: objects implementing any of the :class:`Observer` hooks
@@ -1643,7 +1713,8 @@ def open_batcher(
         )
     if not isinstance(policy, POLICY_TYPES):
         raise TypeError(
-            f"policy must be Immediate(), Size(), Duration(...) or Balanced(...), got {policy!r}"
+            "policy must be Immediate(), Size(), Duration(...), Balanced(...) or "
+            f"Adaptive(...), got {policy!r}"
         )
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a trio_batch.Limits, got {limits!r}")

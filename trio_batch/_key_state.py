@@ -34,6 +34,15 @@ its own that counts as full. Rejected alternative: looking ahead for a later,
 cheaper item that would fit (bin packing); it would break arrival order, and a
 caller could not know whether its item is in the current batch.
 
+Adaptive. With :class:`~trio_batch.Adaptive`, a key also holds what it has
+learned (``learned``, a :class:`~trio_batch._adaptive.KeyLearning`: batch
+timings, arrival rate, when each started batch started), forgotten with the
+key. :meth:`KeyState.start_allowed` asks its decision (given ``now``) about the
+oldest waiting batch when the policy's event-only readiness (full, timer
+expired) says no; a batch it holds back gets the time it should start as its
+``deadline``, for the owner's timer. :meth:`KeyState.finish` feeds the batch's
+time back to the estimates.
+
 Invariants (checked by the state machine):
 
 * ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
@@ -62,7 +71,8 @@ import itertools
 from collections import deque
 from typing import Generic, TypeVar
 
-from ._policies import Limits, Overflow, Policy, rejects_when_full
+from ._adaptive import Decision, KeyLearning, decide
+from ._policies import Adaptive, Limits, Overflow, Policy, StartReason, rejects_when_full
 
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741 - conventional name for the input type
@@ -83,6 +93,7 @@ class Batch(Generic[I, W]):
     """
 
     __slots__ = (
+        "caller_deadline",
         "cost",
         "costs",
         "deadline",
@@ -90,6 +101,8 @@ class Batch(Generic[I, W]):
         "expired",
         "filled",
         "inputs",
+        "opened_at",
+        "reason",
         "state",
         "waiters",
     )
@@ -112,6 +125,11 @@ class Batch(Generic[I, W]):
         self.deadline = float("inf")
         #: A caller's deadline moved the timer earlier than the policy's delay.
         self.early = False
+        #: Adaptive: when its first item arrived, the tightest caller deadline,
+        #: and why the decision made it ready (None until it did).
+        self.opened_at = 0.0
+        self.caller_deadline = float("inf")
+        self.reason: StartReason | None = None
 
     @property
     def size(self) -> int:
@@ -126,9 +144,11 @@ class Batch(Generic[I, W]):
 class KeyState(Generic[I, W]):
     """The queue and started-batch count of one key."""
 
-    __slots__ = ("overflow", "started", "starting", "waiting")
+    __slots__ = ("learned", "overflow", "started", "starting", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, learned: KeyLearning | None = None) -> None:
+        #: Adaptive: what the key has learned (forgotten with the key).
+        self.learned = learned
         self.waiting: deque[Batch[I, W]] = deque()
         self.starting: list[Batch[I, W]] = []
         self.started = 0
@@ -246,6 +266,7 @@ class KeyState(Generic[I, W]):
         *,
         after_finish: bool = False,
         draining: bool = False,
+        now: float = 0.0,
     ) -> list[Batch[I, W]]:
         """Start the oldest waiting batches that the policy (or a drain) lets start.
 
@@ -253,6 +274,9 @@ class KeyState(Generic[I, W]):
         must run each one. Stops at the first batch that may not start (FIFO)
         or when ``max_key_concurrency`` batches are started. ``after_finish``
         applies to the first batch only: the one that takes the freed slot.
+        ``now`` is the current time, for ``Adaptive``'s decision: a batch it
+        holds back is left first in ``waiting`` with its ``deadline`` set to
+        when it should start (the owner sets its timer for that time).
         """
         started_now: list[Batch[I, W]] = []
         waiting = self.waiting
@@ -263,6 +287,7 @@ class KeyState(Generic[I, W]):
             if not (
                 draining
                 or policy._may_start(batch, started=self.started, after_finish=after_finish)
+                or self._decided_now(policy, batch, limits, now)
             ):
                 break
             after_finish = False
@@ -270,8 +295,40 @@ class KeyState(Generic[I, W]):
             batch.state = STARTING
             self.starting.append(batch)
             self.started += 1
+            if self.learned is not None:
+                self.learned.started(batch, now)
             started_now.append(batch)
         return started_now
+
+    def _decided_now(self, policy: Policy, batch: Batch[I, W], limits: Limits, now: float) -> bool:
+        """``Adaptive``: whether its decision starts ``batch`` now (and remember why)."""
+        learned = self.learned
+        if learned is None or not isinstance(policy, Adaptive):
+            return False
+        decision = self.decision(policy, batch, limits, now)
+        if decision.start_at > now:
+            # Held back: the owner sets the batch's timer for this time.
+            batch.deadline = decision.start_at
+            learned.timer_reason = decision.reason
+            return False
+        batch.reason = decision.reason
+        return True
+
+    def decision(
+        self, policy: Adaptive, batch: Batch[I, W], limits: Limits, now: float
+    ) -> Decision:
+        """``Adaptive``'s :class:`~trio_batch._adaptive.Decision` for ``batch``."""
+        learned = self.learned
+        assert learned is not None
+        return decide(
+            policy,
+            batch,
+            learned.snapshot(),
+            now=now,
+            started=self.started,
+            next_end=learned.next_end(),
+            limits=limits,
+        )
 
     def begin_processing(self, batch: Batch[I, W]) -> bool:
         """Take a started batch out of the queue; ``False`` if it was dropped meanwhile."""
@@ -281,12 +338,16 @@ class KeyState(Generic[I, W]):
         batch.state = PROCESSING
         return True
 
-    def finish(self, batch: Batch[I, W]) -> list[W]:
+    def finish(self, batch: Batch[I, W], *, now: float = 0.0, timed: bool = False) -> list[W]:
         """A started batch is ending: free its slot, return waiters still owed an outcome.
 
         If the batch never began processing (acquire failed, or teardown), it
-        leaves the queue now and all its waiters are returned.
+        leaves the queue now and all its waiters are returned. ``Adaptive``
+        learns how long it took, from its start until ``now``, if ``timed``
+        (``process`` ran and succeeded).
         """
+        if self.learned is not None:
+            self.learned.finished(batch, now, timed=timed)
         if batch.state == STARTING:
             self.starting.remove(batch)
         batch.state = DONE

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Protocol, TypeAlias, final
 import attrs
 
 __all__ = [
+    "Adaptive",
     "Balanced",
     "Duration",
     "Immediate",
@@ -78,6 +79,10 @@ class BatchFacts(Protocol):
     @property
     def early(self) -> bool:
         """A caller's deadline moved the batch's timer earlier than its delay."""
+
+    @property
+    def reason(self) -> StartReason | None:
+        """``Adaptive``: why its decision made the batch ready (None: it did not)."""
 
 
 def _check_int_at_least_1(_inst: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -313,6 +318,61 @@ class Balanced:
         return after_finish or started == 0 or batch.size >= self.min_size_hint
 
 
+def _check_target(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be None or a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be None or finite and > 0, got {value!r}")
+
+
+@final
+@attrs.frozen
+class Adaptive:
+    """Learn per key how long batches take and how fast items come; start when it pays.
+
+    Nothing to tune by hand. Per key, it fits how long a batch holds its slot
+    as ``a + b * n`` for ``n`` items (robust to outliers, and following a
+    processing time that changes), and how many items arrive per second; with
+    ``open_batcher(cost=...)``, ``n`` is the batch's total cost and the rate is
+    cost per second. When
+    a slot is free, the oldest waiting batch starts now, unless it would take
+    the key's last free slot and holding it a little longer is expected to
+    lower the items' total wait (the items that arrive meanwhile ride along
+    instead of waiting for a slot); then it starts at the computed time, from
+    a timer. Until a key has timed two batches it behaves like
+    :class:`Immediate`. When a batch finishes, the oldest waiting batch is
+    decided by the same rule. A full batch starts at once.
+
+    A batch never starts later than its callers' tightest effective Trio
+    deadline minus its expected processing time, nor, with
+    ``target_latency``, later than its oldest item's arrival plus
+    ``target_latency`` minus its expected processing time. What a key has
+    learned is forgotten with the key (when it has nothing queued or
+    started); :meth:`Batcher.estimates <trio_batch.Batcher.estimates>` shows it.
+
+    Args:
+        target_latency: optional bound, in seconds (finite, > 0), on each
+            batch's expected latency: the oldest item's wait plus the expected
+            processing time.
+
+    Raises:
+        ValueError: ``target_latency`` is not finite or not > 0.
+        TypeError: ``target_latency`` is not a number.
+    """
+
+    target_latency: float | None = attrs.field(default=None, validator=_check_target)
+
+    #: An arriving item can make its batch ready without filling it.
+    _fill_only_on_arrival: ClassVar[bool] = False
+
+    def _may_start(self, batch: BatchFacts, *, started: int, after_finish: bool) -> bool:
+        # Readiness from events only; the learned decision is asked by the key
+        # state (``KeyLearning``), which has the estimates and the time.
+        return batch.filled or batch.expired
+
+
 class StartReason(enum.Enum):
     """Why a batch started (reported to observers)."""
 
@@ -331,12 +391,24 @@ class StartReason(enum.Enum):
     FINISH = "finish"
     #: The block exited normally: every queued batch is ready.
     DRAIN = "drain"
+    #: ``Adaptive``: waiting longer was not expected to pay for the added wait.
+    ESTIMATED_OPTIMUM = "estimated optimum"
+    #: ``Adaptive``: later would break ``target_latency`` for its oldest item.
+    LATENCY_TARGET = "latency target"
+    #: ``Adaptive``: later would miss a caller's effective Trio deadline.
+    CALLER_DEADLINE = "caller deadline"
+    #: ``Adaptive``: a slot was free and nothing was learned yet about the key.
+    NO_ESTIMATE = "slot free, no estimate"
 
 
 def start_reason(
     policy: Policy, batch: BatchFacts, *, started: int, after_finish: bool
 ) -> StartReason:
     """Why ``batch`` is starting, given the facts the policy was asked about."""
+    if isinstance(policy, Adaptive):
+        if batch.reason is not None:
+            return batch.reason
+        return StartReason.FULL if batch.filled else StartReason.DRAIN
     if not policy._may_start(batch, started=started, after_finish=after_finish):
         return StartReason.DRAIN  # only a drain starts a batch the policy holds back
     if after_finish and isinstance(policy, Immediate | Balanced):
@@ -352,10 +424,10 @@ def start_reason(
     return StartReason.HINT
 
 
-#: Any of the four batching policies.
-Policy: TypeAlias = Immediate | Size | Duration | Balanced
+#: Any of the batching policies.
+Policy: TypeAlias = Immediate | Size | Duration | Balanced | Adaptive
 
-POLICY_TYPES = (Immediate, Size, Duration, Balanced)
+POLICY_TYPES = (Immediate, Size, Duration, Balanced, Adaptive)
 
 
 def rejects_when_full(policy: Policy) -> bool:

@@ -152,10 +152,12 @@ class SharingKeyState(KeyState[I, Slot[W]]):
         self._forget(waiter)
         return super().withdraw(batch, waiter)
 
-    def finish(self, batch: Batch[I, Slot[W]]) -> list[Slot[W]]:
+    def finish(
+        self, batch: Batch[I, Slot[W]], *, now: float = 0.0, timed: bool = False
+    ) -> list[Slot[W]]:
         """End a started batch as :meth:`KeyState.finish` does; its slots are no longer shared."""
         self.unshare(batch)
-        return super().finish(batch)
+        return super().finish(batch, now=now, timed=timed)
 
     def unshare(self, batch: Batch[I, Slot[W]]) -> None:
         """Nobody may join ``batch`` any more (it ends, or was given up)."""

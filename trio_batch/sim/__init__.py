@@ -9,7 +9,7 @@ same numbers.
 
 From the command line::
 
-    python -m trio_batch.sim                      # the default scenario, four policies
+    python -m trio_batch.sim                      # the default scenario, every policy
     python -m trio_batch.sim --scenario web-db --plot plots/
     python -m trio_batch.sim --list
 

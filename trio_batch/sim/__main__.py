@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Final, NoReturn
 
+import attrs
+
 from ._loading import (
     ScenarioError,
     apply_override,
@@ -31,6 +33,15 @@ from ._progress import progress_bar
 from ._report import TABLE_WIDTH, render_json, render_table
 from ._run import run_scenario
 from ._scenario import POLICY_SYNTAX, Scenario
+from ._tune import (
+    TuneResult,
+    parse_rates,
+    policy_grid,
+    render_tune_json,
+    render_tune_table,
+    tune,
+    write_tune_plot,
+)
 
 __all__ = ["main"]
 
@@ -92,6 +103,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="override any scenario field, e.g. --set pool.size=4 (VALUE in TOML syntax)",
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help=(
+            "run a grid of static policies and adaptive, print the Pareto front of "
+            "throughput against p99 and where adaptive lands (-s all: every built-in scenario)"
+        ),
+    )
+    parser.add_argument(
+        "--rates",
+        default="1",
+        metavar="X,Y,...",
+        help="with --tune: multiples of the arrival rate to run (default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
         "--wide",
@@ -130,8 +155,8 @@ def _default_jobs(scenario: Scenario) -> int:
     return min(available_cpus(), len(scenario.policies))
 
 
-def _scenario(args: argparse.Namespace) -> Scenario:
-    data, default_name = read_scenario_data(args.scenario)
+def _scenario(args: argparse.Namespace, name: str | None = None) -> Scenario:
+    data, default_name = read_scenario_data(args.scenario if name is None else name)
     for flag, path in (("seed", "seed"), ("items", "items"), ("duration", "duration")):
         value = getattr(args, flag)
         if value is not None:
@@ -182,6 +207,8 @@ def _main(argv: list[str] | None) -> int:
         for name, description in builtin_scenarios().items():
             print(f"{name:14} {description}")
         return 0
+    if args.tune:
+        return _main_tune(args)
     try:
         scenario = _scenario(args)
         if args.plot is not None:
@@ -230,6 +257,63 @@ def _main(argv: list[str] | None) -> int:
             f"in {wall:.1f} s of wall time",
             file=sys.stderr,
         )
+    return status
+
+
+def _main_tune(args: argparse.Namespace) -> int:
+    """``--tune``: the grid, its front and the bar, per scenario and rate."""
+    if args.policy:
+        return _error("--tune runs its own grid of policies; drop --policy")
+    try:
+        multipliers = parse_rates(args.rates)
+        names = list(builtin_scenarios()) if args.scenario == "all" else [args.scenario]
+        scenarios = [_scenario(args, name) for name in names]
+        if args.plot is not None:
+            require_matplotlib()
+            check_plot_directory(args.plot)
+    except (ScenarioError, PlottingUnavailable, ValueError) as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"--plot {args.plot}: {exc}")
+    started = time.monotonic()
+    results: list[TuneResult] = []
+    with progress_bar(sys.stderr, quiet=args.quiet) as progress:
+        for scenario in scenarios:
+            grid = attrs.evolve(scenario, policies=policy_grid(scenario))
+            jobs = args.jobs or _default_jobs(grid)
+
+            def report(done: int, total: int, label: str, name: str = scenario.name) -> None:
+                progress(done, total, f"{name} {label}")
+
+            results.append(tune(scenario, multipliers, on_progress=report, jobs=jobs))
+    sys.stdout.write(render_tune_json(results) if args.json else render_tune_table(results))
+    sys.stdout.flush()
+    status = 0
+    if args.plot is not None:
+        try:
+            paths = write_tune_plot(results, args.plot)
+        except OSError as exc:
+            print(f"{PROG}: error: cannot write plots to {args.plot}: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            if not args.quiet:
+                print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
+    anomalies = [
+        (rate.multiplier, point.policy, anomaly)
+        for result in results
+        for rate in result.rates
+        for point in rate.points
+        for anomaly in point.anomalies
+    ]
+    for multiplier, policy, anomaly in anomalies:
+        print(
+            f"{PROG}: library guarantee broken ({policy}, rate x{multiplier:g}): {anomaly}",
+            file=sys.stderr,
+        )
+    if anomalies:
+        status = 1
+    if not args.quiet:
+        print(f"tuned in {time.monotonic() - started:.1f} s of wall time", file=sys.stderr)
     return status
 
 

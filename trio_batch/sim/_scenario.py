@@ -14,7 +14,7 @@ checks its shape and prefixes the table, so the CLI can print
 
 Policies are written as short specs, the same in TOML and on the command line:
 ``immediate``, ``size``, ``duration:SECONDS[:reject][:margin=SECONDS|none]``,
-``balanced:MIN_SIZE_HINT``.
+``balanced:MIN_SIZE_HINT``, ``adaptive[:TARGET_SECONDS]``.
 
 Rejected alternative: one table per policy in TOML (``[[policy]] kind = ...``).
 It is longer to read and cannot be typed as a single ``--policy`` flag, and a
@@ -377,7 +377,7 @@ def _check_policies(_instance: object, attribute: attrs.Attribute[Any], value: o
         raise ValueError(f"{attribute.name} must list at least one policy, got {value!r}")
     seen: set[str] = set()
     for index, policy in enumerate(value):
-        if not isinstance(policy, tb.Immediate | tb.Size | tb.Duration | tb.Balanced):
+        if not isinstance(policy, tb.Immediate | tb.Size | tb.Duration | tb.Balanced | tb.Adaptive):
             raise TypeError(
                 f"{attribute.name}[{index}] must be a trio_batch policy, got {policy!r}"
             )
@@ -412,7 +412,7 @@ class Scenario:
         policies: the policies to compare, as ``trio_batch`` policy values or
             specs (``"immediate"``, ``"size"``, ``"duration:0.005"``,
             ``"duration:0.005:reject"``, ``"duration:0.005:margin=none"``,
-            ``"balanced:8"``).
+            ``"balanced:8"``, ``"adaptive"``, ``"adaptive:0.05"``).
         keys: a :class:`KeyDistribution`.
         arrivals: an :class:`Arrivals`.
         costs: optional :class:`ItemCosts`; without it, items have no cost
@@ -554,7 +554,8 @@ class Scenario:
 # -- policies as text ----------------------------------------------------------
 
 POLICY_SYNTAX: Final = (
-    "immediate, size, duration:SECONDS[:reject][:margin=SECONDS|none] or balanced:MIN_SIZE_HINT"
+    "immediate, size, duration:SECONDS[:reject][:margin=SECONDS|none], balanced:MIN_SIZE_HINT, "
+    "adaptive or adaptive:TARGET_SECONDS"
 )
 
 
@@ -592,6 +593,8 @@ def parse_policy(spec: str) -> tb.Policy:
         )
     elif kind == "balanced" and len(args) == 1:
         build = lambda: tb.Balanced(int(args[0]))  # noqa: E731
+    elif kind == "adaptive" and len(args) <= 1:
+        build = lambda: tb.Adaptive(float(args[0]) if args else None)  # noqa: E731
     if build is None:
         raise ValueError(f"unknown policy {spec!r} (expected {POLICY_SYNTAX})")
     try:
@@ -614,4 +617,7 @@ def policy_label(policy: tb.Policy) -> str:
         if margin is not None:
             label += f":margin={float(margin)!r}"
         return label
+    if isinstance(policy, tb.Adaptive):
+        target = policy.target_latency
+        return "adaptive" if target is None else f"adaptive:{float(target)!r}"
     return f"balanced:{policy.min_size_hint}"
