@@ -141,7 +141,7 @@ def _resolve_external(
 # the names: then open_batcher shows its typed overloads, not the untyped
 # implementation.
 
-PRIVATE_MODULES = ("_batcher", "_errors", "_observe", "_policies", "_statistics")
+PRIVATE_MODULES = ("_batcher", "_open", "_errors", "_observe", "_policies", "_statistics")
 
 
 def _source_defaults(function: Any) -> dict[str, str]:

@@ -14,7 +14,7 @@ exact cancellation, and shutdown by leaving the block.
 import contextlib
 
 from ._adaptive import AdaptiveEstimates as AdaptiveEstimates
-from ._batcher import Batcher as Batcher, open_batcher as open_batcher
+from ._batcher import Batcher as Batcher
 from ._errors import (
     BatcherClosed as BatcherClosed,
     BatchError as BatchError,
@@ -34,6 +34,7 @@ from ._observe import (
     ItemWithdrawn as ItemWithdrawn,
     Observer as Observer,
 )
+from ._open import open_batcher as open_batcher
 from ._policies import (
     Adaptive as Adaptive,
     Balanced as Balanced,
