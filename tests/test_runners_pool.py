@@ -28,9 +28,7 @@ class Job:
     def run(self) -> Coroutine[Any, Any, None]:
         return self._run()
 
-    @property
-    def weight(self) -> int:
-        return 1
+    weight = 1
 
     async def _run(self) -> None:
         self.log.append((self.name, trio.lowlevel.current_task(), trio.current_time()))

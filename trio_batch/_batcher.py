@@ -63,6 +63,7 @@ import logging
 import math
 import numbers
 import reprlib
+import threading
 from collections.abc import (
     Awaitable,
     Callable,
@@ -137,6 +138,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _Task = trio.lowlevel.Task
+_get_ident = threading.get_ident
 _key_repr = reprlib.Repr()
 _key_repr.maxstring = 40
 _key_repr.maxother = 40
@@ -307,6 +309,7 @@ class _Run:
         "reason",
         "started_at",
         "state",
+        "weight",
     )
 
     def __init__(
@@ -324,14 +327,40 @@ class _Run:
         self.reason: StartReason | None = None
         self.started_at = 0.0
         self.processing_at: float | None = None
+        #: Items the batch had when it ended (what its runner's step budget counts).
+        self.weight = 0
 
-    def run(self) -> Any:
-        return self.batcher._run_batch(self)
+    async def run(self) -> None:
+        """Acquire, process and read the outputs of the batch; always end it.
 
-    @property
-    def weight(self) -> int:
-        """Items the batch had (what its runner's step budget counts)."""
-        return len(self.batch.inputs)
+        A method of the run, not of the batcher: the runner creates this
+        coroutine directly, with no call in between.
+        """
+        batcher = self.batcher
+        result: list[Any] | Failure | None = None
+        # Left by an exception (teardown's Cancelled, or a BaseException from user
+        # code): the block is going away, so this task starts nothing new.
+        unwinding = True
+        began = trio.current_time() if batcher._deadline_margin is not None else 0.0
+        if batcher._dispatch is not None:
+            batcher._observe_start(self)
+        try:
+            # A batch started while the block is being cancelled must not begin.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if batcher._cancel_abandoned:
+                result = await batcher._run_abandonable(self)
+            elif batcher._acquire is not None:
+                result = await batcher._acquire_and_process(self)
+            elif batcher._begin_processing(self):
+                try:
+                    result = await batcher._call_process(self, ())
+                except Exception as exc:
+                    result = batcher._failed(BatchFailed, self, exc)
+            unwinding = False
+        except BaseExceptionGroup as group:
+            _raise_cancellation_of(group, batcher._where(self))
+        finally:
+            batcher._finish(self, result, unwinding, began)
 
 
 @final
@@ -369,6 +398,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         "_runners",
         "_sharing",
         "_special",
+        "_thread",
         "_timers",
         "_wait_for_room",
     )
@@ -385,8 +415,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         # None when unobserved: the hot path tests this one attribute.
         self._dispatch = options.dispatch
         self._phase = _Phase.OPEN
-        # The run that opened the block: submit from any other is refused.
+        # The run that opened the block: submit from any other is refused. The
+        # hot path compares threads (a C call); another run in this thread can
+        # only come after this one ended, when the block is closed, and that
+        # path compares the runs themselves.
         self._root = trio.lowlevel.current_root_task()
+        self._thread = _get_ident()
         # Key -> its queue. Invariant: no idle KeyState is ever stored here.
         self._keys: dict[K, KeyState[I, Any]] = {}
         self._nursery = nursery
@@ -531,15 +565,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 opened the batcher.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if trio.lowlevel.current_root_task() is not self._root:
+        if _get_ident() != self._thread or self._phase is not _Phase.OPEN:
             await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
-            raise RuntimeError(
-                f"batcher {self._name!r} belongs to another Trio run; a batcher can "
-                "only be used from the trio.run that opened it"
-            )
-        if self._phase is not _Phase.OPEN:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise BatcherClosed(f"batcher {self._name!r} is closed")
+            raise self._refusal()
         if self._special:
             return await self._submit_special(key, item)
         keys = self._keys
@@ -710,12 +738,9 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 opened the batcher.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if trio.lowlevel.current_root_task() is not self._root:
+        if _get_ident() != self._thread or trio.lowlevel.current_root_task() is not self._root:
             await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
-            raise RuntimeError(
-                f"batcher {self._name!r} belongs to another Trio run; a batcher can "
-                "only be used from the trio.run that opened it"
-            )
+            raise self._refusal()
         try:
             items = list(items)
         except BaseException:
@@ -948,6 +973,15 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             )
         return cost
 
+    def _refusal(self) -> BaseException:
+        """Why a submit is refused: another Trio run, or the block is not open."""
+        if _get_ident() != self._thread or trio.lowlevel.current_root_task() is not self._root:
+            return RuntimeError(
+                f"batcher {self._name!r} belongs to another Trio run; a batcher can "
+                "only be used from the trio.run that opened it"
+            )
+        return BatcherClosed(f"batcher {self._name!r} is closed")
+
     async def _wait_for_room_in(
         self, key: K, state: KeyState[I, _Waiter], item: I, task: _Task, cost: float | None
     ) -> O:
@@ -1086,10 +1120,12 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             self._hold(key, state)
         if not started:
             return
-        runs = [_Run(self, key, state, batch) for batch in started]
-        if self._timers is not None:
-            for batch in started:
-                self._timers.cancel(batch)
+        runs = []
+        timers = self._timers
+        for batch in started:
+            runs.append(_Run(self, key, state, batch))
+            if timers is not None:
+                timers.cancel(batch)
         if self._dispatch is not None or logger.isEnabledFor(logging.DEBUG):
             for index, run in enumerate(runs):
                 self._note_start(run, started_before + index, after_finish and not index)
@@ -1172,33 +1208,6 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if run.state.overflow:
             self._admit(run.key, run.state)
         return True
-
-    async def _run_batch(self, run: _Run) -> None:
-        """Acquire, process and read the outputs of one started batch; always end it."""
-        result: list[Any] | Failure | None = None
-        # Left by an exception (teardown's Cancelled, or a BaseException from user
-        # code): the block is going away, so this task starts nothing new.
-        unwinding = True
-        began = trio.current_time() if self._deadline_margin is not None else 0.0
-        if self._dispatch is not None:
-            self._observe_start(run)
-        try:
-            # A batch started while the block is being cancelled must not begin.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._cancel_abandoned:
-                result = await self._run_abandonable(run)
-            elif self._acquire is not None:
-                result = await self._acquire_and_process(run)
-            elif self._begin_processing(run):
-                try:
-                    result = await self._call_process(run, ())
-                except Exception as exc:
-                    result = self._failed(BatchFailed, run, exc)
-            unwinding = False
-        except BaseExceptionGroup as group:
-            _raise_cancellation_of(group, self._where(run))
-        finally:
-            self._finish(run, result, unwinding, began)
 
     async def _run_abandonable(self, run: _Run) -> list[Any] | Failure | None:
         """Acquire and process in a scope that is cancelled when every caller gives up.
@@ -1293,6 +1302,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         ``Dispatch`` guards, after every caller has its outcome.
         """
         key, state, batch = run.key, run.state, run.batch
+        run.weight = len(batch.inputs)
         if state.learned is None:
             waiters = state.finish(batch)
         else:

@@ -67,10 +67,8 @@ class Job(Protocol):
         """The coroutine to run (it must handle its own exceptions)."""
         ...
 
-    @property
-    def weight(self) -> int:
-        """How much work the job was (items), read after it has run."""
-        ...
+    #: How much work the job was (items), read after it has run.
+    weight: int
 
 
 @final
