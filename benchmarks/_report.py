@@ -317,9 +317,9 @@ def render_text(suite: SuiteResult) -> str:
         for target in found:
             value = f"{target.value:,.0f}" if target.workload == "d" else f"{target.value:.2f}"
             mark = "met" if target.met else "MISSED"
+            workload = f"({target.workload})"
             lines.append(
-                f"    ({target.workload}) {target.impl:<9} {target.description:<34} "
-                f"{value:>10}  {mark}"
+                f"    {workload:<8} {target.impl:<9} {target.description:<34} {value:>10}  {mark}"
             )
     return "\n".join(lines)
 
