@@ -38,9 +38,6 @@ _RATIO_MEANING = {
     "peak": "vs {base} = peak traced memory / {base}'s (lower is better)",
 }
 
-#: Short names of the baselines, for column headings.
-_SHORT = {"floor": "floor", "lean": "lean", "bare": "bare"}
-
 
 def _median(values: list[float]) -> float:
     return statistics.median(values)
@@ -108,15 +105,14 @@ def _gc_columns() -> list[Column]:
 
 def _columns(result: WorkloadResult) -> list[Column]:
     workload = result.workload
-    base = _SHORT.get(workload.baseline, workload.baseline)
+    base = workload.baseline  # a contestant id: floor, or lean in workload f
     if workload.gc_aware:
         columns: list[Column] = [
             ("µs/item", lambda r: f"{_us_per_call(r):.2f}"),
             (f"vs {base}", _ratio_cell("wall")),
         ]
         if workload.second_baseline is not None:
-            second = _SHORT.get(workload.second_baseline, workload.second_baseline)
-            columns.append((f"vs {second}", _second_cell))
+            columns.append((f"vs {workload.second_baseline}", _second_cell))
         return [*columns, ("cpu vs " + base, _ratio_cell("cpu")), *_gc_columns()]
     if workload.kind == "latency":
         return [
@@ -182,7 +178,7 @@ def _table(result: WorkloadResult) -> list[str]:
     meaning = _RATIO_MEANING[result.ratio_of].format(base=IMPLS[workload.baseline].label)
     if workload.second_baseline is not None:
         second = IMPLS[workload.second_baseline].label
-        meaning += f"; vs {_SHORT.get(workload.second_baseline)}: the same, to the {second}"
+        meaning += f"; vs {workload.second_baseline}: the same, to the {second}"
     lines = [
         f"({workload.id}) {workload.title}",
         f"    {how}; {meaning}",
