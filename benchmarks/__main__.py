@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks                 # full run, a few minutes at most
     python -m benchmarks --quick         # a few seconds, rough figures
     python -m benchmarks --only a,e --repeat 11
+    python -m benchmarks --only f --plot docs/_static   # scale: 100 to 10,000 clients
     python -m benchmarks --json > bench.json
     python -m benchmarks --profile a immediate               # pyinstrument
     python -m benchmarks --profile b size --profiler cprofile
@@ -15,13 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from ._report import render_text, to_json
-from ._suite import DEFAULT_SPREAD, SuiteResult, meta, run_once, run_workload
-from ._workloads import IMPLS, Workload, build_workloads
+from ._suite import DEFAULT_SPREAD, Progress, SuiteResult, meta, run_once, run_workload
+from ._workloads import IMPLS, SCALE_CLIENTS, Workload, build_workloads
 
-WORKLOAD_IDS = "a,b,c,d,e"
+WORKLOAD_IDS = "a,b,c,d,e,f"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +66,21 @@ def _parser() -> argparse.ArgumentParser:
         "--clients", type=int, default=1000, help="concurrent clients (default 1000)"
     )
     parser.add_argument(
-        "--only", default=WORKLOAD_IDS, help="workloads to run, e.g. 'a,c' (default: all)"
+        "--scale-clients",
+        default=",".join(str(n) for n in SCALE_CLIENTS),
+        help="workload f's numbers of clients (default 100,1000,10000)",
+    )
+    parser.add_argument(
+        "--only",
+        default=WORKLOAD_IDS,
+        help="workloads to run, e.g. 'a,c'; 'f' is every f workload, 'f1000' one (default: all)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write workload f's µs per item against clients to DIR/perf_clients.png",
     )
     parser.add_argument(
         "--impls",
@@ -92,11 +110,76 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.replace(",", " ").split() if part.strip()]
 
 
+def _choose(
+    workloads: list[Workload], wanted: str, parser: argparse.ArgumentParser
+) -> list[Workload]:
+    """The workload with id ``wanted``, or every workload of the group ``wanted``."""
+    chosen = [w for w in workloads if wanted in (w.id, w.group)]
+    if not chosen:
+        ids = ", ".join(w.id for w in workloads)
+        parser.error(f"unknown workload {wanted!r}; choose from {WORKLOAD_IDS} (or one of {ids})")
+    return chosen
+
+
 def _pick(workloads: list[Workload], wanted: str, parser: argparse.ArgumentParser) -> Workload:
-    by_id = {workload.id: workload for workload in workloads}
-    if wanted not in by_id:
-        parser.error(f"unknown workload {wanted!r}; choose from {WORKLOAD_IDS}")
-    return by_id[wanted]
+    chosen = _choose(workloads, wanted, parser)
+    if len(chosen) > 1:
+        ids = ", ".join(w.id for w in chosen)
+        parser.error(f"workload {wanted!r} runs at several sizes: choose one of {ids}")
+    return chosen[0]
+
+
+def _positive_ints(text: str, what: str, parser: argparse.ArgumentParser) -> list[int]:
+    try:
+        values = [int(part) for part in _split(text)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        parser.error(f"{what} must be whole numbers >= 1 separated by commas, got {text!r}")
+    return values
+
+
+def _check_plot_dir(directory: Path, parser: argparse.ArgumentParser) -> None:
+    """Fail before running anything if the plot cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--plot {directory}: cannot create the folder ({exc.strerror})")
+    import importlib.util
+    import os
+
+    if not os.access(directory, os.W_OK):
+        parser.error(f"--plot {directory}: the folder is not writable")
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install -e '.[bench]'")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A tqdm bar on stderr, one per workload (nothing unless stderr is a terminal)."""
+    from tqdm import tqdm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    bar: Any = None
+    current = ""
+
+    def progress(label: str, done: int, total: int) -> None:
+        nonlocal bar, current
+        workload = label.split(" ", 1)[0]
+        if bar is None or workload != current:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, file=sys.stderr, disable=None, leave=False, unit="run")
+            current = workload
+        bar.set_description(label, refresh=False)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _profile(workload: Workload, impl_id: str, profiler: str) -> None:
@@ -137,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--size must be > 0, --repeat and --clients >= 1, --warmup >= 0")
     if max_repeat < repeat or args.spread <= 0:
         parser.error("--max-repeat must be >= --repeat, --spread > 0")
-    workloads = build_workloads(size, args.clients)
+    scale_clients = _positive_ints(args.scale_clients, "--scale-clients", parser)
+    workloads = build_workloads(size, args.clients, scale_clients)
     impls = _split(args.impls) if args.impls else None
     for impl_id in impls or []:
         if impl_id not in IMPLS:
@@ -150,29 +234,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         _profile(_pick(workloads, wid, parser), impl_id, args.profiler)
         return 0
 
-    chosen = [_pick(workloads, wid, parser) for wid in _split(args.only)]
-    progress_to_tty = sys.stderr.isatty()
-
-    def progress(message: str) -> None:
-        if progress_to_tty:
-            print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
+    chosen = [w for wid in _split(args.only) for w in _choose(workloads, wid, parser)]
+    if args.plot is not None:
+        if not any(w.group == "f" for w in chosen):
+            parser.error("--plot draws workload f: add f to --only")
+        _check_plot_dir(args.plot, parser)
 
     results = []
-    for workload in chosen:
-        these = [i for i in impls if i in workload.impls] if impls is not None else None
-        results.append(
-            run_workload(
-                workload,
-                repeat=repeat,
-                warmup=args.warmup,
-                impls=these,
-                progress=progress,
-                max_repeat=max_repeat,
-                spread=args.spread,
-                clock=args.clock,
+    with _progress_bar() as progress:
+        for workload in chosen:
+            these = [i for i in impls if i in workload.impls] if impls is not None else None
+            results.append(
+                run_workload(
+                    workload,
+                    repeat=repeat,
+                    warmup=args.warmup,
+                    impls=these,
+                    progress=progress,
+                    max_repeat=max_repeat,
+                    spread=args.spread,
+                    clock=args.clock,
+                )
             )
-        )
-    progress("")
     suite = SuiteResult(
         meta(
             size=size,
@@ -184,6 +267,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         results,
     )
+    if args.plot is not None:
+        from ._plot import write_plot
+
+        path = write_plot(
+            [r for r in results if r.workload.group == "f"],
+            args.plot,
+            subtitle=(
+                f"{suite.meta['implementation']} {suite.meta['python']}, "
+                f"trio {suite.meta['trio']}, trio_batch {suite.meta['trio_batch']}"
+            ),
+        )
+        print(f"plot written to {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json(suite), indent=2))
     else:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import statistics
+import tracemalloc
 from time import perf_counter, process_time
 
+from ._gcmeter import GcMeter, Parked, per_caller, snapshot
 from ._workloads import Sample, Workload
 
-__all__ = ["available", "run_latency", "run_throughput"]
+__all__ = ["available", "run_latency", "run_parked", "run_throughput"]
 
 
 def available() -> bool:
@@ -59,18 +61,60 @@ async def _throughput(workload: Workload) -> Sample:
     tasks = [asyncio.create_task(client(j)) for j in range(workload.clients)]
     for _ in range(2):
         await asyncio.sleep(0)  # every client is now parked on `go`
-    start, cpu_start = perf_counter(), process_time()
-    go.set()
-    await asyncio.gather(*tasks)
-    return Sample(
-        seconds=perf_counter() - start,
-        cpu_seconds=process_time() - cpu_start,
+    meter = GcMeter()
+    if workload.gc_aware:
+        meter.start()
+    try:
+        start, cpu_start = perf_counter(), process_time()
+        go.set()
+        await asyncio.gather(*tasks)
+        seconds, cpu_seconds = perf_counter() - start, process_time() - cpu_start
+    finally:
+        meter.stop()
+    sample = Sample(
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
         calls=workload.calls,
         completed=tally.completed,
         wrong=tally.wrong,
         processed=tally.processed,
         batches=tally.batches,
     )
+    if workload.gc_aware:
+        sample.add_gc(meter)
+    return sample
+
+
+async def _parked(workload: Workload) -> Parked:
+    from aiodataloader import DataLoader  # type: ignore[import-not-found, unused-ignore]
+
+    gate = asyncio.Event()
+
+    async def batch_load(keys: list[int]) -> list[int]:
+        await gate.wait()
+        return keys
+
+    loader: DataLoader[int, int] = DataLoader(
+        batch_load, max_batch_size=workload.max_batch_size, cache=False
+    )
+
+    async def client(j: int) -> None:
+        await loader.load(j)
+
+    tracemalloc.start()
+    try:
+        before = snapshot()
+        tracemalloc.reset_peak()
+        tasks = [asyncio.create_task(client(j)) for j in range(workload.clients)]
+        for _ in range(4):
+            await asyncio.sleep(0)  # every client has called load; every batch is dispatched
+        _, peak = tracemalloc.get_traced_memory()
+        after = snapshot()
+        gate.set()
+        await asyncio.gather(*tasks)
+    finally:
+        tracemalloc.stop()
+    return per_caller(before, after, peak, workload.clients)
 
 
 async def _latency(workload: Workload) -> Sample:
@@ -101,10 +145,15 @@ async def _latency(workload: Workload) -> Sample:
 
 
 def run_throughput(workload: Workload) -> Sample:
-    """Workload (a) under ``asyncio.run``."""
+    """Workloads (a) and (f) under ``asyncio.run``."""
     if workload.items_per_key or workload.cancel_percent:
         raise ValueError("aiodataloader only runs the single-key workloads without cancellation")
     return asyncio.run(_throughput(workload))
+
+
+def run_parked(workload: Workload) -> Parked:
+    """The parked-caller probe (see ``_gcmeter``) under ``asyncio.run``."""
+    return asyncio.run(_parked(workload))
 
 
 def run_latency(workload: Workload) -> Sample:

@@ -1,17 +1,22 @@
-"""Running the workloads: warm-up, interleaved repetitions, medians, ratios to the floor.
+"""Running the workloads: warm-up, interleaved repetitions, medians, ratios to a baseline.
 
 Absolute times on a shared machine drift from second to second, so each
 repetition runs every contestant once, back to back, in a rotating order
 (floor, Immediate, Size, ... then Immediate, Size, ..., floor, ...), and each
-contestant's ratio to the floor is computed *within* a repetition. The table
-shows the median of those per-repetition ratios and its standard error,
-estimated from their interquartile range.
+contestant's ratio to the baseline (the floor; the lean floor in workload f,
+which also has ratios to the bare limit) is computed *within* a repetition.
+The table shows the median of those per-repetition ratios and its standard
+error, estimated from their interquartile range.
 
 Garbage collection makes single runs of the same contestant differ by 10-20%
 (where a full collection falls in a run varies), so a fixed number of
 repetitions does not give a fixed precision. After the minimum number of
 repetitions, more are run, up to a maximum, until every ratio's standard
 error is within the wanted spread (5% by default).
+
+A GC-aware workload (f) also records, per run, what the garbage collector did
+(``_gcmeter.GcMeter``), and once per contestant, untimed, what a parked caller
+costs (``run_parked``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ from typing import Literal
 import trio
 
 from . import _peers
-from ._workloads import IMPLS, Sample, Workload, run_latency, run_memory, run_throughput
+from ._gcmeter import Parked
+from ._stats import percentile
+from ._workloads import (
+    IMPLS,
+    Sample,
+    Workload,
+    run_latency,
+    run_memory,
+    run_parked,
+    run_throughput,
+)
 
 __all__ = [
     "DEFAULT_SPREAD",
@@ -37,16 +52,18 @@ __all__ = [
     "WorkloadResult",
     "ratio",
     "run_once",
+    "run_parked_once",
     "run_workload",
 ]
 
-Progress = Callable[[str], None]
+#: ``progress(label, done, total)``: ``done`` of ``total`` steps of the workload ``label``.
+Progress = Callable[[str, int, int], None]
 
 #: The standard error wanted on every ratio, relative to it.
 DEFAULT_SPREAD = 0.05
 
 
-def _quiet(_: str) -> None:
+def _quiet(label: str, done: int, total: int) -> None:
     pass
 
 
@@ -62,6 +79,15 @@ def run_once(workload: Workload, impl_id: str) -> Sample:
         workload.kind
     ]
     return trio.run(runner, workload, impl.opener)
+
+
+def run_parked_once(workload: Workload, impl_id: str) -> Parked:
+    """The parked-caller probe of one contestant, in its own event loop."""
+    impl = IMPLS[impl_id]
+    if impl.runtime == "asyncio":
+        return _peers.run_parked(workload)
+    assert impl.opener is not None
+    return trio.run(run_parked, workload, impl.opener)
 
 
 RatioOf = Literal["throughput", "time", "peak"]
@@ -98,8 +124,14 @@ class Row:
     impl: str
     label: str
     samples: list[Sample]
-    #: Per-repetition ratios to the floor, by clock (empty when the floor did not run).
+    #: The contestant the ratios are relative to.
+    baseline: str = "floor"
+    #: Per-repetition ratios to the baseline, by clock (empty when it did not run).
     ratios: dict[Clock, list[float]] = field(default_factory=dict)
+    #: Per-repetition wall-time ratios to the workload's second baseline, if it ran.
+    second_ratios: list[float] = field(default_factory=list)
+    #: The parked-caller probe (GC-aware workloads).
+    parked: Parked | None = None
 
     @property
     def seconds(self) -> float:
@@ -120,8 +152,12 @@ class Row:
         ratios = self.ratios.get(clock, [])
         if len(ratios) < 2:
             return None
-        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        q1, median, q3 = (percentile(ratios, p) for p in (25, 50, 75))
         return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(ratios)) / median
+
+    def second_ratio(self) -> float | None:
+        """Median of the per-repetition ratios to the second baseline."""
+        return statistics.median(self.second_ratios) if self.second_ratios else None
 
 
 @dataclass
@@ -151,9 +187,10 @@ def run_workload(
 ) -> WorkloadResult:
     """Warm up, then at least ``repeat`` interleaved repetitions of every contestant.
 
-    While some contestant's ratio to the floor (on ``clock``) has a standard
+    While some contestant's ratio to the baseline (on ``clock``) has a standard
     error above ``spread``, repetitions go on, up to ``max_repeat`` in all
-    (default: ``repeat``, so exactly ``repeat`` are run).
+    (default: ``repeat``, so exactly ``repeat`` are run). A GC-aware workload
+    then runs the parked-caller probe once per contestant.
     """
     wanted = list(workload.impls if impls is None else impls)
     skipped = [i for i in wanted if IMPLS[i].runtime == "asyncio" and not _peers.available()]
@@ -165,8 +202,9 @@ def run_workload(
         # Deterministic, and it warms up inside the run: one run, no more.
         warmup = 0
         repeat = most = 1
+    probes = len(ids) if workload.gc_aware else 0
     for round_ in range(warmup):
-        progress(f"({workload.id}) warm-up {round_ + 1}/{warmup}")
+        progress(f"({workload.id}) warm-up", round_, warmup)
         for impl_id in ids:
             run_once(workload, impl_id)
     samples: dict[str, list[Sample]] = {impl_id: [] for impl_id in ids}
@@ -175,30 +213,42 @@ def run_workload(
     while True:
         rows = _rows(workload, kind, ids, samples)
         if rep >= most or (rep >= repeat and _steady(rows, clock, spread)):
-            return WorkloadResult(workload, kind, rows, skipped)
-        progress(f"({workload.id}) repetition {rep + 1}/{repeat if rep < repeat else most}")
+            break
+        total = (repeat if rep < repeat else most) * len(ids) + probes
         shift = rep % len(ids)
-        for impl_id in ids[shift:] + ids[:shift]:
+        for done, impl_id in enumerate(ids[shift:] + ids[:shift]):
+            progress(f"({workload.id}) repetition {rep + 1}", rep * len(ids) + done, total)
             gc.collect()
             samples[impl_id].append(run_once(workload, impl_id))
         rep += 1
+    for done, row in enumerate(rows[:probes]):
+        progress(f"({workload.id}) parked callers", rep * len(ids) + done, rep * len(ids) + probes)
+        gc.collect()
+        row.parked = run_parked_once(workload, row.impl)
+    return WorkloadResult(workload, kind, rows, skipped)
 
 
 def _rows(
     workload: Workload, kind: RatioOf, ids: list[str], samples: dict[str, list[Sample]]
 ) -> list[Row]:
     rows = []
+    base, second = workload.baseline, workload.second_baseline
     for impl_id in ids:
-        row = Row(impl_id, IMPLS[impl_id].label, samples[impl_id])
-        if "floor" in samples:
+        row = Row(impl_id, IMPLS[impl_id].label, samples[impl_id], baseline=base)
+        mine = samples[impl_id]
+        if base in samples:
             clocks: list[Clock] = ["wall", "cpu"] if workload.kind == "throughput" else ["wall"]
             row.ratios = {
                 clock: [
-                    ratio(kind, mine, floor, clock)
-                    for mine, floor in zip(samples[impl_id], samples["floor"], strict=True)
+                    ratio(kind, own, theirs, clock)
+                    for own, theirs in zip(mine, samples[base], strict=True)
                 ]
                 for clock in clocks
             }
+        if second is not None and second in samples:
+            row.second_ratios = [
+                ratio(kind, own, theirs) for own, theirs in zip(mine, samples[second], strict=True)
+            ]
         rows.append(row)
     return rows
 

@@ -1,6 +1,6 @@
 """The workloads and the contestants that run them under Trio.
 
-Every contestant is opened the same way, ``opener(process, max_batch_size)``, and
+Every contestant is opened the same way, ``opener(process, workload)``, and
 yields something with ``async submit(key, item) -> output``; every workload drives
 that ``submit`` with the same client code, so the only thing that differs between
 two rows of a table is the batcher.
@@ -18,6 +18,7 @@ before any task spawned in this tick (a batch task, or the floor's worker) runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import statistics
@@ -34,6 +35,8 @@ import trio.testing
 import trio_batch as tb
 
 from ._floor import open_floor
+from ._gcmeter import GcMeter, Parked, per_caller, snapshot
+from ._yardsticks import open_bare_limit, open_lean_floor
 
 __all__ = [
     "IMPLS",
@@ -43,6 +46,7 @@ __all__ = [
     "build_workloads",
     "run_latency",
     "run_memory",
+    "run_parked",
     "run_throughput",
 ]
 
@@ -58,7 +62,7 @@ class Submitter(Protocol):
     async def submit(self, key: int, item: int) -> int: ...
 
 
-Opener = Callable[[ProcessFn, int], AbstractAsyncContextManager[Submitter]]
+Opener = Callable[[ProcessFn, "Workload"], AbstractAsyncContextManager[Submitter]]
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,39 @@ class Impl:
     opener: Opener | None = None
 
 
-def _floor(process: ProcessFn, max_batch_size: int) -> AbstractAsyncContextManager[Submitter]:
-    return open_floor(process, max_batch_size=max_batch_size)
+def _floor(process: ProcessFn, workload: Workload) -> AbstractAsyncContextManager[Submitter]:
+    return open_floor(process, max_batch_size=workload.max_batch_size)
+
+
+def _lean_floor(process: ProcessFn, workload: Workload) -> AbstractAsyncContextManager[Submitter]:
+    return open_lean_floor(process, key=0, max_batch_size=workload.max_batch_size)
+
+
+def _bare_limit(process: ProcessFn, workload: Workload) -> AbstractAsyncContextManager[Submitter]:
+    return open_bare_limit(process, key=0, max_batch_size=workload.max_batch_size)
+
+
+def limits_for(workload: Workload) -> tb.Limits:
+    """trio_batch's limits on a workload: the default ones, or those the workload fixes.
+
+    Workload (f) fixes ``max_key_concurrency`` and gives the queue room for
+    every client, so nothing is ever rejected.
+    """
+    if workload.max_key_concurrency is None:
+        return tb.Limits(max_batch_size=workload.max_batch_size)
+    return tb.Limits(
+        max_batch_size=workload.max_batch_size,
+        max_key_concurrency=workload.max_key_concurrency,
+        max_batch_queue_size=max(1, workload.clients),
+    )
 
 
 def _trio_batch(policy_for: Callable[[int], tb.Policy]) -> Opener:
-    def opener(process: ProcessFn, max_batch_size: int) -> AbstractAsyncContextManager[Submitter]:
+    def opener(process: ProcessFn, workload: Workload) -> AbstractAsyncContextManager[Submitter]:
         return tb.open_batcher(
             process,
-            policy=policy_for(max_batch_size),
-            limits=tb.Limits(max_batch_size=max_batch_size),
+            policy=policy_for(workload.max_batch_size),
+            limits=limits_for(workload),
         )
 
     return opener
@@ -95,6 +122,8 @@ def balanced_hint(max_batch_size: int) -> int:
 IMPLS: dict[str, Impl] = {
     impl.id: impl
     for impl in [
+        Impl("lean", "lean floor", "trio", _lean_floor),
+        Impl("bare", "bare limit", "trio", _bare_limit),
         Impl("floor", "floor (hand-written)", "trio", _floor),
         Impl("immediate", "trio_batch Immediate", "trio", _trio_batch(lambda _: tb.Immediate())),
         Impl("size", "trio_batch Size", "trio", _trio_batch(lambda _: tb.Size())),
@@ -136,6 +165,15 @@ class Workload:
     items_per_key: int
     max_batch_size: int
     cancel_percent: int = 0
+    #: trio_batch's ``max_key_concurrency`` (and queue room for every client); None: defaults.
+    max_key_concurrency: int | None = None
+    #: Workloads run and reported together (``--only f`` runs f100, f1000, f10000).
+    group: str = ""
+    #: The contestant that ratios are relative to, and a second one (wall time only).
+    baseline: str = "floor"
+    second_baseline: str | None = None
+    #: Measure GC per run and probe the cost of a parked caller (workload f).
+    gc_aware: bool = False
 
     @property
     def calls(self) -> int:
@@ -149,8 +187,51 @@ class Workload:
         return self.calls // self.items_per_key
 
 
-def build_workloads(size: float = 1.0, clients: int = 1000) -> list[Workload]:
-    """Workloads (a) to (e); ``size`` scales the calls per run, ``clients`` the concurrency."""
+#: Workload (f): the numbers of clients it runs at.
+SCALE_CLIENTS = (100, 1000, 10_000)
+
+#: Workload (f)'s contestants, in the order of its tables and plot.
+SCALE_IMPLS = ("lean", "bare", "floor", "immediate", "size", "aiodataloader")
+
+
+def scale_workload(clients: int, size: float = 1.0) -> Workload:
+    """Workload (f) at one number of clients.
+
+    One key, ``max_batch_size=100``, ``max_key_concurrency=1``, room in the queue
+    for every client; 100,000 calls per run at ``size`` 1 and at least 10 per
+    client, so that even 10,000 clients make several rounds. Fewer than 100
+    clients (the smoke test) get batches of ``clients``: ``Size`` would wait for
+    ever for a batch that cannot fill.
+    """
+    calls = size * max(100_000, 10 * clients)
+    batch = min(100, clients)
+    return Workload(
+        id=f"f{clients}",
+        title=(
+            f"scale: one key, {clients:,} closed-loop clients, batch size {batch}, "
+            "one batch at a time, no-op process"
+        ),
+        kind="throughput",
+        impls=SCALE_IMPLS,
+        clients=clients,
+        calls_per_client=max(1, round(calls / clients)),
+        items_per_key=0,
+        max_batch_size=batch,
+        max_key_concurrency=1,
+        group="f",
+        baseline="lean",
+        second_baseline="bare",
+        gc_aware=True,
+    )
+
+
+def build_workloads(
+    size: float = 1.0, clients: int = 1000, scale_clients: Sequence[int] = SCALE_CLIENTS
+) -> list[Workload]:
+    """Workloads (a) to (f); ``size`` scales the calls per run, ``clients`` the concurrency.
+
+    ``scale_clients`` are the numbers of clients of workload (f), one workload each.
+    """
     per_key = 4
     clients = max(per_key, clients - clients % per_key)
 
@@ -222,6 +303,7 @@ def build_workloads(size: float = 1.0, clients: int = 1000) -> list[Workload]:
             items_per_key=0,
             max_batch_size=100,
         ),
+        *(scale_workload(n, size) for n in scale_clients),
     ]
 
 
@@ -250,6 +332,20 @@ class Sample:
     #: trio_batch only: keys still known after every caller has its outcome.
     leftover_keys: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: gc_aware runs: collections of generations 0, 1 and 2 during the run.
+    gc_collections: tuple[int, int, int] = (0, 0, 0)
+    #: gc_aware runs: seconds spent in collections of generations 0, 1 and 2.
+    gc_seconds: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: gc_aware runs: GC-tracked objects allocated, net (see ``_gcmeter``).
+    gc_allocations: int = 0
+
+    def add_gc(self, meter: GcMeter) -> None:
+        """Record what ``meter`` saw."""
+        gen0, gen1, gen2 = meter.collections
+        self.gc_collections = (gen0, gen1, gen2)
+        young, middle, full = meter.seconds
+        self.gc_seconds = (young, middle, full)
+        self.gc_allocations = meter.allocations
 
 
 class Tally:
@@ -361,22 +457,72 @@ async def run_throughput(workload: Workload, opener: Opener) -> Sample:
     The clients live outside the batcher's block; the block is left once every
     client has made its last call, so a policy that waits for full batches
     (``Size``) is flushed by the drain instead of stalling the last partial batch.
+    For a ``gc_aware`` workload a :class:`GcMeter` watches the same interval.
     """
     tally = Tally(workload)
     go = trio.Event()
-    async with (
-        trio.open_nursery() as clients,
-        opener(tally.process, workload.max_batch_size) as batcher,
-    ):
-        for j in range(workload.clients):
-            clients.start_soon(_client, j, batcher.submit, workload, tally, go, 0)
-        await trio.testing.wait_all_tasks_blocked()
-        start, cpu_start = perf_counter(), process_time()
-        go.set()
-        await tally.all_submitted.wait()
-    sample = tally.sample(perf_counter() - start, workload.calls)
-    sample.cpu_seconds = process_time() - cpu_start
+    meter = GcMeter()
+    try:
+        async with (
+            trio.open_nursery() as clients,
+            opener(tally.process, workload) as batcher,
+        ):
+            for j in range(workload.clients):
+                clients.start_soon(_client, j, batcher.submit, workload, tally, go, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            if workload.gc_aware:
+                meter.start()
+            start, cpu_start = perf_counter(), process_time()
+            go.set()
+            await tally.all_submitted.wait()
+        # The drain (leaving the block) is part of the run.
+        seconds, cpu_seconds = perf_counter() - start, process_time() - cpu_start
+    finally:
+        meter.stop()
+    sample = tally.sample(seconds, workload.calls)
+    sample.cpu_seconds = cpu_seconds
+    if workload.gc_aware:
+        sample.add_gc(meter)
     return sample
+
+
+async def _blocked_process(gate: trio.Event, key: int, inputs: list[int]) -> list[int]:
+    await gate.wait()
+    return inputs
+
+
+async def run_parked(workload: Workload, opener: Opener) -> Parked:
+    """What a caller parked in ``submit`` costs, its task included (see ``_gcmeter``).
+
+    Every client submits once; ``process`` blocks until the probe has looked, so
+    all but the first batch's callers wait in the batcher's queue (trio_batch:
+    one batch at a time, queue room for every client). Compared with the moment
+    before the clients were spawned.
+    """
+    gate = trio.Event()
+    process = functools.partial(_blocked_process, gate)
+
+    async def client(j: int, submit: Callable[[int, int], Awaitable[int]]) -> None:
+        await submit(0, j)
+
+    tracemalloc.start()
+    try:
+        async with (
+            trio.open_nursery() as clients,
+            opener(process, workload) as batcher,
+        ):
+            await trio.testing.wait_all_tasks_blocked()
+            before = snapshot()
+            tracemalloc.reset_peak()
+            for j in range(workload.clients):
+                clients.start_soon(client, j, batcher.submit)
+            await trio.testing.wait_all_tasks_blocked()
+            _, peak = tracemalloc.get_traced_memory()
+            after = snapshot()
+            gate.set()
+    finally:
+        tracemalloc.stop()
+    return per_caller(before, after, peak, workload.clients)
 
 
 async def _drive(batcher: Submitter, workload: Workload, tally: Tally, key_offset: int) -> None:
@@ -400,7 +546,7 @@ async def run_memory(workload: Workload, opener: Opener) -> Sample:
     """
     tally = Tally(workload)
     warm = dataclasses.replace(workload, calls_per_client=max(1, workload.calls_per_client // 10))
-    async with opener(tally.process, workload.max_batch_size) as batcher:
+    async with opener(tally.process, workload) as batcher:
         await _drive(batcher, warm, Tally(warm), _WARM_KEY_OFFSET)
         warm_processed, warm_batches = tally.processed, tally.batches
         gc.collect()
@@ -446,7 +592,7 @@ async def run_latency(workload: Workload, opener: Opener) -> Sample:
     probe = _Probe()
     latencies: list[float] = []
     wrong = 0
-    async with opener(probe.process, workload.max_batch_size) as batcher:
+    async with opener(probe.process, workload) as batcher:
         submit = batcher.submit
         for i in range(workload.calls):
             await trio.testing.wait_all_tasks_blocked()
