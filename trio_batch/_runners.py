@@ -57,7 +57,7 @@ MAX_IDLE_RUNNERS = 16
 
 #: A runner that has run jobs of this much weight (items) in one step without
 #: blocking yields to the scheduler before it takes the next job.
-MAX_STEP_WEIGHT = 256
+MAX_STEP_WEIGHT = 100
 
 
 class Job(Protocol):
