@@ -160,6 +160,9 @@ class _Phase(enum.Enum):
     CLOSED = "closed"
 
 
+#: The phase the hot path checks, as a module global (one lookup, not two).
+_OPEN = _Phase.OPEN
+
 _NEXT_PHASES = {
     _Phase.OPEN: (_Phase.DRAINING, _Phase.TORN_DOWN, _Phase.CLOSED),
     _Phase.DRAINING: (_Phase.TORN_DOWN, _Phase.CLOSED),
@@ -565,7 +568,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 opened the batcher.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if _get_ident() != self._thread or self._phase is not _Phase.OPEN:
+        if _get_ident() != self._thread or self._phase is not _OPEN:
             await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
             raise self._refusal()
         if self._special:
@@ -627,20 +630,20 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             dispatch.emit("item_accepted", ItemAccepted(self._name, key, waiter.item_id, now))
         if self._adaptive:
             self._arrived(state, batch, trio.current_effective_deadline())
-        elif batch.state == WAITING and self._timers is not None:
-            self._set_timer(key, state, batch, self._caller_deadline())
-        if cost is None:
+        if batch.state == WAITING:
+            if self._timers is not None and not self._adaptive:
+                self._set_timer(key, state, batch, self._caller_deadline())
             # Only the oldest waiting batch can start (FIFO), and only this
             # item's batch changed: if it is not the oldest, nothing can start.
             # Under Size and Duration, only an arrival that fills it can.
             if (
-                batch.state == WAITING
+                cost is None
                 and (batch.filled or not self._policy._fill_only_on_arrival)
                 and state.started < limits.max_key_concurrency
                 and state.waiting[0] is batch
             ):
                 self._start_batches(key, state, after_finish=False)
-        elif state.waiting and state.started < limits.max_key_concurrency:
+        if cost is not None and state.waiting and state.started < limits.max_key_concurrency:
             # The item's batch, or the batch it closed by not fitting, may be ready.
             self._start_batches(key, state, after_finish=False)
         return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]

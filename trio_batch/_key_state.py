@@ -199,7 +199,13 @@ class KeyState(Generic[I, W]):
         timer if the policy has one, and call :meth:`start_allowed`). When there
         is no room nothing changes.
         """
-        newest = self.newest()
+        # ``newest()``, inlined: this is the hot path of every submit.
+        if self.waiting:
+            newest: Batch[I, W] | None = self.waiting[-1]
+        elif self.starting:
+            newest = self.starting[-1]
+        else:
+            newest = None
         if newest is None or len(newest.inputs) >= limits.max_batch_size:
             if newest is not None and rejects_when_full(policy):
                 return None
