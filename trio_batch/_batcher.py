@@ -139,6 +139,10 @@ T = TypeVar("T")
 
 _Task = trio.lowlevel.Task
 _get_ident = threading.get_ident
+# Looked up once: the hot path of submit and of every batch uses them.
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _key_repr = reprlib.Repr()
 _key_repr.maxstring = 40
 _key_repr.maxother = 40
@@ -349,7 +353,7 @@ class _Run:
             batcher._observe_start(self)
         try:
             # A batch started while the block is being cancelled must not begin.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await _checkpoint_if_cancelled()
             if batcher._cancel_abandoned:
                 result = await batcher._run_abandonable(self)
             elif batcher._acquire is not None:
@@ -567,7 +571,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
             RuntimeError: called from a Trio run other than the one that
                 opened the batcher.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await _checkpoint_if_cancelled()
         if _get_ident() != self._thread or self._phase is not _OPEN:
             await trio.lowlevel.cancel_shielded_checkpoint()  # in the caller's own run
             raise self._refusal()
@@ -592,7 +596,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
                 raise
         if state is None:
             state = keys[key] = KeyState(KeyLearning() if self._adaptive else None)
-        task = trio.lowlevel.current_task()
+        task = _current_task()
         dispatch = self._dispatch
         limits = self._limits
         # Waiters for room are ahead of this item (FIFO): it may not jump them,
@@ -646,7 +650,7 @@ class Batcher(Generic[K, I, O], metaclass=_NoPublicConstructor):
         if cost is not None and state.waiting and state.started < limits.max_key_concurrency:
             # The item's batch, or the batch it closed by not fitting, may be ready.
             self._start_batches(key, state, after_finish=False)
-        return await trio.lowlevel.wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
+        return await _wait_task_rescheduled(waiter.abort)  # type: ignore[no-any-return]
 
     async def _submit_special(self, key: K, item: I) -> O:
         """``submit`` with ``dedupe`` or ``cache``: identity, cache, then place or share."""

@@ -52,6 +52,9 @@ import trio
 
 __all__ = ["MAX_IDLE_RUNNERS", "Job", "RunnerPool"]
 
+# Looked up once: every wake of a runner uses it.
+_reschedule = trio.lowlevel.reschedule
+
 #: Idle runner tasks a pool keeps parked for the next jobs; more exit.
 MAX_IDLE_RUNNERS = 16
 
@@ -171,7 +174,7 @@ class RunnerPool:
         """Reschedule an idle runner, with a barrier later than every put so far."""
         self._pending += 1
         self._sequence += 1
-        trio.lowlevel.reschedule(task, outcome.Value(self._sequence))
+        _reschedule(task, outcome.Value(self._sequence))
 
     def _spawn(self, barrier: int) -> None:
         self._nursery.start_soon(self._runner, barrier, name=self._name)
