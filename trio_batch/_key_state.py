@@ -48,8 +48,9 @@ Invariants (checked by the state machine):
 * ``len(starting) + len(waiting) <= limits.max_batch_queue_size``
 * ``len(starting) <= started <= limits.max_key_concurrency``
 * ``0 < batch.size <= limits.max_batch_size`` for every queued batch
-* ``batch.cost == sum(batch.costs) <= limits.max_batch_cost`` for every batch,
-  except an ``Oversize.ALONE`` batch of one item
+* ``batch.cost`` is ``batch.costs`` added up in arrival order, and
+  ``<= limits.max_batch_cost`` for every batch except an ``Oversize.ALONE``
+  batch of one item
 * ``overflow`` is non-empty only while the key has no room for its head
   (:meth:`KeyState.admit` is called after every change that can make room)
 * a key whose queue and overflow are empty and whose ``started`` is 0 is
@@ -372,8 +373,14 @@ class KeyState(Generic[I, W]):
         del batch.inputs[index]
         if batch.costs:
             del batch.costs[index]
-            # Recomputed, not subtracted: the total stays exactly sum(costs).
-            batch.cost = sum(batch.costs)
+            # Recomputed, not subtracted, and added up in arrival order exactly
+            # as arrivals do (``cost += c``): the builtin sum() compensates for
+            # rounding since Python 3.12, so it could differ in the last bit
+            # from the running total a batch without withdrawals has.
+            total: float = 0
+            for cost in batch.costs:
+                total += cost
+            batch.cost = total
         if batch.inputs:
             return False
         if batch.state == WAITING:
