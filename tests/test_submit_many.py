@@ -11,27 +11,9 @@ import outcome
 import pytest
 import trio
 import trio.testing
+from tutil import MarkedFailures as Process, MyError as Boom
 
 import trio_batch as tb
-
-
-class Boom(Exception):
-    """Raised by user code in these tests."""
-
-
-class Process:
-    """Records ``(key, inputs, start)``; ``"boom"`` fails its batch, ``"x"`` its item."""
-
-    def __init__(self, delay: float = 1.0) -> None:
-        self.delay = delay
-        self.calls: list[tuple[Any, list[Any], float]] = []
-
-    async def __call__(self, key: Any, inputs: list[Any]) -> list[Any]:
-        self.calls.append((key, list(inputs), trio.current_time()))
-        await trio.sleep(self.delay)
-        if "boom" in inputs:
-            raise Boom("batch failed")
-        return [outcome.Error(Boom(x)) if x == "x" else f"{key}:{x}" for x in inputs]
 
 
 class Steps(trio.abc.Instrument):

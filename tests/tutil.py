@@ -40,6 +40,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeAlias
 
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -76,6 +77,23 @@ def rejects_when_full(policy: AnyPolicy) -> bool:
 
 class MyError(Exception):
     """An error raised by user code in the tests."""
+
+
+class MarkedFailures:
+    """A fake ``process`` that records ``(key, inputs, start)`` and answers ``f"{key}:{x}"``
+    after ``delay``; an input ``"x"`` fails alone (``outcome.Error(MyError("x"))``) and
+    an input ``"boom"`` fails its whole batch (``MyError``)."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        self.delay = delay
+        self.calls: list[tuple[Any, list[Any], float]] = []
+
+    async def __call__(self, key: Any, inputs: list[Any]) -> list[Any]:
+        self.calls.append((key, list(inputs), trio.current_time()))
+        await trio.sleep(self.delay)
+        if "boom" in inputs:
+            raise MyError("batch failed")
+        return [outcome.Error(MyError(x)) if x == "x" else f"{key}:{x}" for x in inputs]
 
 
 Call: TypeAlias = tuple[Hashable, list[Any], float]
