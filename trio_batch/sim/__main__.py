@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -237,14 +238,7 @@ def _main(argv: list[str] | None) -> int:
     sys.stdout.flush()
     status = 0
     if args.plot is not None:
-        try:
-            paths = write_plots(result, args.plot)
-        except OSError as exc:
-            print(f"{PROG}: error: cannot write plots to {args.plot}: {exc}", file=sys.stderr)
-            status = 1
-        else:
-            if not args.quiet:
-                print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
+        status = _plot(args, lambda: write_plots(result, args.plot))
     anomalies = [(r.policy, a) for r in result.results for a in r.anomalies]
     for policy, anomaly in anomalies:
         print(f"{PROG}: library guarantee broken ({policy}): {anomaly}", file=sys.stderr)
@@ -258,6 +252,18 @@ def _main(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
     return status
+
+
+def _plot(args: argparse.Namespace, write: Callable[[], list[Path]]) -> int:
+    """Write the plots with ``write()``; the exit status (1 if they could not be written)."""
+    try:
+        paths = write()
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write plots to {args.plot}: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
+    return 0
 
 
 def _main_tune(args: argparse.Namespace) -> int:
@@ -290,14 +296,7 @@ def _main_tune(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     status = 0
     if args.plot is not None:
-        try:
-            paths = write_tune_plot(results, args.plot)
-        except OSError as exc:
-            print(f"{PROG}: error: cannot write plots to {args.plot}: {exc}", file=sys.stderr)
-            status = 1
-        else:
-            if not args.quiet:
-                print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)
+        status = _plot(args, lambda: write_tune_plot(results, args.plot))
     anomalies = [
         (rate.multiplier, point.policy, anomaly)
         for result in results
